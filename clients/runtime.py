@@ -1,0 +1,114 @@
+"""What a ClientApp message handler needs, rebuilt from its :class:`Context`.
+
+A node serves the logical clients ``partition-id * k ... partition-id * k + k - 1`` of
+``num-partitions * k`` (``k`` = run-config ``clients-per-node``; 1 by default), so a
+simulation of many clients can run on fewer nodes. Data and the frozen parts of the
+model are cached per process; trainable weights and optimiser state come from
+``context.state`` for every message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import Context, RecordDict
+
+from mpsl_flwr.config import RunConfig
+from mpsl_flwr.data.base import MultimodalDataset
+from mpsl_flwr.data.partition import client_seed
+from mpsl_flwr.data.registry import client_partition, load_split
+from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.models.head import ClientHead
+from mpsl_flwr.models.split_model import (
+    ModelSpec,
+    build_head,
+    load_trainable_state,
+    trainable_state,
+)
+from mpsl_flwr.optim import make_optimizer, resolve_device
+from mpsl_flwr.split_client import SplitClient
+from mpsl_flwr.state import load_module, load_optimizer, save_module, save_optimizer
+
+
+def head_state_key(cid: int) -> str:
+    return f"head.{cid}"
+
+
+def optim_state_key(cid: int) -> str:
+    return f"optim.{cid}"
+
+
+@lru_cache(maxsize=4)
+def _cached_head(spec: ModelSpec) -> tuple[ClientHead, dict[str, torch.Tensor]]:
+    head = build_head(spec)
+    return head, {k: v.clone() for k, v in trainable_state(head).items()}
+
+
+@dataclass
+class NodeRuntime:
+    """Config, model spec and data of the logical clients this node serves."""
+
+    cfg: RunConfig
+    exp: Experiment
+    client_ids: list[int]
+    num_clients: int
+    device: torch.device
+
+    @classmethod
+    def from_context(cls, context: Context) -> NodeRuntime:
+        cfg = RunConfig.from_mapping(context.run_config)
+        node_cfg = context.node_config
+        if "partition-id" not in node_cfg or "num-partitions" not in node_cfg:
+            raise KeyError(
+                "This SuperNode has no 'partition-id'/'num-partitions' in its node config. "
+                'Start it with --node-config "partition-id=0 num-partitions=2".'
+            )
+        pid, parts = int(node_cfg["partition-id"]), int(node_cfg["num-partitions"])
+        k = cfg.clients_per_node
+        return cls(
+            cfg=cfg,
+            exp=Experiment.from_config(cfg),
+            client_ids=[pid * k + j for j in range(k)],
+            num_clients=parts * k,
+            device=resolve_device(cfg.client_device),
+        )
+
+    def train_set(self) -> MultimodalDataset:
+        return load_split(self.cfg, "train")
+
+    def partition(self, cid: int) -> np.ndarray:
+        self.check_client(cid)
+        return client_partition(self.cfg, cid, self.num_clients)
+
+    def check_client(self, cid: int) -> None:
+        if cid not in self.client_ids:
+            raise ValueError(f"This node serves clients {self.client_ids}, not client {cid}.")
+
+    def split_client(self, cid: int, state: RecordDict) -> SplitClient:
+        """Client ``cid`` with its head and optimiser restored from ``state``."""
+        head, initial = _cached_head(self.exp.spec)
+        if not load_module(state, head_state_key(cid), head):
+            load_trainable_state(head, initial)
+        head.to(self.device)
+        optimizer = make_optimizer(head.parameters(), self.cfg)
+        load_optimizer(state, optim_state_key(cid), optimizer)
+        return SplitClient(
+            head,
+            optimizer,
+            self.train_set(),
+            self.partition(cid),
+            client_seed(self.cfg.seed, cid),
+            self.device,
+        )
+
+    def save(self, cid: int, state: RecordDict, client: SplitClient) -> None:
+        """Persist client ``cid``'s head and optimiser into ``state``."""
+        save_module(state, head_state_key(cid), client.head)
+        save_optimizer(state, optim_state_key(cid), client.optimizer)
+
+    @property
+    def wire_dtype(self) -> torch.dtype | None:
+        return torch.float16 if self.cfg.activation_dtype == "float16" else None

@@ -1,0 +1,244 @@
+"""The one configuration surface of mpsl-flwr.
+
+Every knob is a ``[tool.flwr.app.config]`` key in ``pyproject.toml`` (kebab-case) and a
+field of :class:`RunConfig` (snake_case). The same keys reach every path: the
+ServerApp and ClientApp read them from ``context.run_config``; the centralized entry
+point and the launcher read them from ``pyproject.toml`` plus ``key=value`` overrides
+in the syntax of ``flwr run --run-config``. Unknown keys, wrong types and values
+outside their choices fail early with a message naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+Strategy = Literal["mpsl", "centralized"]
+ModelSize = Literal["tiny", "small", "base", "large", "huge"]
+Fusion = Literal["auto", "early", "late"]
+HeadSync = Literal["push", "keep"]
+LrSchedule = Literal["cosine", "constant"]
+ActivationDtype = Literal["float32", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
+
+
+class ConfigError(ValueError):
+    """A run-config key is unknown, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All run-config keys with their defaults (mirrors ``[tool.flwr.app.config]``)."""
+
+    # What to run
+    strategy: Strategy = "mpsl"
+    dataset: str = "synthetic-vqa"
+    data_dir: str = ""
+    data_seed: int = 0
+    synthetic_train_size: int = 3000
+    synthetic_test_size: int = 600
+    synthetic_difficulty: float = 0.3
+    image_size: int = 0
+    audio_frames: int = 0
+    text_length: int = 0
+    # Model
+    model_size: ModelSize = "tiny"
+    encoder_depth: int = 0
+    finetune_blocks: int = -1
+    fusion: Fusion = "auto"
+    pretrained: str = ""
+    pretrained_format: PretrainedFormat = "auto"
+    train_token_embedding: bool = False
+    temperature: float = 0.07
+    # Optimisation
+    batch_size: int = 64
+    epochs: int = 6
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    lr_schedule: LrSchedule = "cosine"
+    warmup_ratio: float = 0.05
+    seed: int = 0
+    # Federation
+    dirichlet_alpha: float = 0.1
+    min_partition_size: int = 2
+    clients_per_node: int = 1
+    head_sync: HeadSync = "push"
+    min_nodes: int = 0
+    node_wait_timeout: float = 300.0
+    step_timeout: float = 120.0
+    activation_dtype: ActivationDtype = "float32"
+    # Devices
+    server_device: Device = "auto"
+    client_device: Device = "cpu"
+    # Output
+    output_dir: str = "outputs"
+    run_name: str = ""
+    eval_batch_size: int = 256
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """All run-config keys, kebab-case, in declaration order."""
+        return [_key(f.name) for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from kebab-case keys (e.g. ``context.run_config``); missing keys take defaults."""
+        by_key = {_key(f.name): f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in by_key:
+                raise ConfigError(_unknown_key_message(key, list(by_key)))
+            field = by_key[key]
+            kwargs[field.name] = _coerce(key, value, _field_type(field))
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Kebab-case key to value, as written to ``[tool.flwr.app.config]``."""
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields (snake_case) changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks in the server body."""
+        from mpsl_flwr.models.sizes import ENCODER_SIZES
+
+        return self.encoder_depth or ENCODER_SIZES[self.model_size].depth
+
+    @property
+    def trainable_blocks(self) -> int:
+        """How many of the last blocks train (``finetune-blocks``, -1 = all)."""
+        return self.depth if self.finetune_blocks < 0 else self.finetune_blocks
+
+
+def load_pyproject_config(project_dir: str | Path | None = None) -> dict[str, Any]:
+    """The ``[tool.flwr.app.config]`` table of the project's ``pyproject.toml``."""
+    path = Path(project_dir or Path(__file__).resolve().parent.parent) / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    return dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` overrides exactly as ``flwr run --run-config`` does."""
+    if not items:
+        return {}
+    from flwr.common.config import parse_config_args
+
+    return parse_config_args(items)
+
+
+def resolve_config(
+    overrides: list[str] | Mapping[str, Any] | None = None,
+    project_dir: str | Path | None = None,
+) -> RunConfig:
+    """Defaults, then ``pyproject.toml``, then overrides: what ``flwr run`` would use."""
+    values = load_pyproject_config(project_dir)
+    if isinstance(overrides, Mapping):
+        values.update(overrides)
+    else:
+        values.update(parse_overrides(overrides))
+    return RunConfig.from_mapping(values)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _field_type(field: dataclasses.Field[Any]) -> Any:
+    return typing.get_type_hints(RunConfig)[field.name]
+
+
+def _unknown_key_message(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (
+        f"Unknown run-config key '{key}'.{hint} Valid keys are listed in "
+        f"[tool.flwr.app.config] of pyproject.toml: {', '.join(valid)}."
+    )
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    if typing.get_origin(typ) is Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            raise ConfigError(
+                f"Run-config key '{key}' must be one of {', '.join(map(str, choices))}; "
+                f"got {value!r}."
+            )
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(typ, types.UnionType):  # pragma: no cover - no unions today
+        return value
+    raise ConfigError(
+        f"Run-config key '{key}' expects a {typ.__name__}; got {value!r} "
+        f"({type(value).__name__}). Example: --run-config '{key}={_example(typ)}'."
+    )
+
+
+def _example(typ: Any) -> str:
+    return {bool: "true", int: "8", float: "0.5", str: '"text"'}.get(typ, "...")
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    positive = (
+        "synthetic_train_size",
+        "synthetic_test_size",
+        "batch_size",
+        "epochs",
+        "clients_per_node",
+        "eval_batch_size",
+    )
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"Run-config key '{_key(name)}' must be positive.")
+    for name in ("image_size", "audio_frames", "text_length", "encoder_depth", "min_nodes"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"Run-config key '{_key(name)}' must be >= 0 (0 = the default).")
+    if not 0.0 <= cfg.synthetic_difficulty <= 1.0:
+        raise ConfigError("Run-config key 'synthetic-difficulty' must lie in [0, 1].")
+    if cfg.dirichlet_alpha <= 0:
+        raise ConfigError("Run-config key 'dirichlet-alpha' must be > 0.")
+    if cfg.learning_rate <= 0:
+        raise ConfigError("Run-config key 'learning-rate' must be > 0.")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ConfigError("Run-config key 'warmup-ratio' must lie in [0, 1).")
+    if cfg.temperature <= 0:
+        raise ConfigError("Run-config key 'temperature' must be > 0.")
+    if cfg.step_timeout <= 0 or cfg.node_wait_timeout <= 0:
+        raise ConfigError("Timeouts ('step-timeout', 'node-wait-timeout') must be > 0.")
+    if cfg.finetune_blocks < -1 or cfg.finetune_blocks > cfg.depth:
+        raise ConfigError(
+            f"Run-config key 'finetune-blocks' must lie in [0, {cfg.depth}] "
+            f"(the encoder depth) or be -1 for all blocks; got {cfg.finetune_blocks}."
+        )

@@ -1,0 +1,294 @@
+"""Built-in multimodal benchmark, generated procedurally from a seed (no files needed).
+
+Four tasks, one per modality pair, each built so that the answer needs *both* inputs:
+
+``synthetic-vqa`` (image + text, 10 classes)
+    The image shows four coloured shapes, one per quadrant. The question asks for the
+    colour or the shape of the object at one quadrant, in varied wording.
+``synthetic-va`` (image + audio, 10 classes)
+    The same images. A tone's pitch names the quadrant; one beep asks for the colour,
+    two beeps ask for the shape.
+``synthetic-at`` (audio + text, 8 classes)
+    Three tones in a row, each one of eight pitches; the question asks for the pitch of
+    the first, second or third tone.
+``synthetic-retrieval`` (image + text pairs)
+    Two coloured shapes in two quadrants and a caption describing both. The Dirichlet
+    pseudo-label is the colour of the first object mentioned.
+
+``synthetic-difficulty`` in [0, 1] raises pixel and audio noise, colour and pitch
+jitter and object size variation. Generation is deterministic from ``data-seed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mpsl_flwr.data.audio import SAMPLE_RATE, fbank, frames_for_seconds
+from mpsl_flwr.data.base import DatasetInfo, TensorMultimodalDataset
+from mpsl_flwr.data.text import tokenize
+
+COLORS = {
+    "red": (0.9, 0.1, 0.1),
+    "green": (0.1, 0.8, 0.1),
+    "blue": (0.15, 0.25, 0.95),
+    "yellow": (0.95, 0.9, 0.1),
+    "magenta": (0.9, 0.1, 0.9),
+    "cyan": (0.1, 0.9, 0.9),
+}
+SHAPES = ("square", "circle", "triangle", "cross")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+POSITION_WORDS = {
+    "top left": ("top left", "upper left", "top-left corner", "upper-left part"),
+    "top right": ("top right", "upper right", "top-right corner", "upper-right part"),
+    "bottom left": ("bottom left", "lower left", "bottom-left corner", "lower-left part"),
+    "bottom right": ("bottom right", "lower right", "bottom-right corner", "lower-right part"),
+}
+COLOR_QUESTIONS = (
+    "what color is the object in the {pos}?",
+    "which colour does the shape at the {pos} have?",
+    "tell me the color of the thing in the {pos}.",
+    "the figure in the {pos} is painted what colour?",
+)
+SHAPE_QUESTIONS = (
+    "what shape is in the {pos}?",
+    "which shape do you see at the {pos}?",
+    "name the kind of figure located in the {pos}.",
+    "the object in the {pos} has what form?",
+)
+CAPTIONS = (
+    "a {c1} {s1} in the {p1} and a {c2} {s2} in the {p2}",
+    "there is a {c1} {s1} at the {p1} next to a {c2} {s2} at the {p2}",
+    "{c1} {s1} {p1}, {c2} {s2} {p2}",
+    "picture of a {c1} {s1} ({p1}) with a {c2} {s2} ({p2})",
+)
+NOTE_NAMES = ("c", "d", "e", "f", "g", "a", "b", "high c")
+ORDINALS = ("first", "second", "third")
+NOTE_QUESTIONS = (
+    "which note is the {ord} tone?",
+    "what pitch does the {ord} sound have?",
+    "name the {ord} note you hear.",
+    "the {ord} beep plays which note?",
+)
+QUADRANT_PITCHES_HZ = (300.0, 700.0, 1500.0, 3200.0)
+NOTE_PITCHES_HZ = tuple(float(f) for f in np.geomspace(260.0, 4200.0, len(NOTE_NAMES)))
+VQA_CLASSES = tuple(COLORS) + SHAPES
+
+TASKS = ("synthetic-vqa", "synthetic-va", "synthetic-at", "synthetic-retrieval")
+_DEFAULT_TEXT_LENGTH = {"synthetic-vqa": 16, "synthetic-at": 12, "synthetic-retrieval": 32}
+DEFAULT_IMAGE_SIZE = 64
+AUDIO_SECONDS = 0.48
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Everything that determines a generated split."""
+
+    task: str
+    size: int
+    seed: int
+    split: str
+    difficulty: float
+    image_size: int = DEFAULT_IMAGE_SIZE
+    audio_frames: int = 0
+    text_length: int = 0
+
+
+def info_for(task: str, image_size: int = 0, audio_frames: int = 0, text_length: int = 0):
+    """The :class:`DatasetInfo` of a built-in task (0 = the task's default size)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown built-in dataset '{task}'; choose one of {TASKS}.")
+    image_size = image_size or DEFAULT_IMAGE_SIZE
+    audio_frames = audio_frames or 48
+    text_length = text_length or _DEFAULT_TEXT_LENGTH.get(task, 16)
+    if task == "synthetic-vqa":
+        return DatasetInfo(
+            task,
+            "classification",
+            ("image", "text"),
+            10,
+            VQA_CLASSES,
+            image_size=image_size,
+            text_length=text_length,
+        )
+    if task == "synthetic-va":
+        return DatasetInfo(
+            task,
+            "classification",
+            ("image", "audio"),
+            10,
+            VQA_CLASSES,
+            image_size=image_size,
+            audio_frames=audio_frames,
+        )
+    if task == "synthetic-at":
+        return DatasetInfo(
+            task,
+            "classification",
+            ("audio", "text"),
+            len(NOTE_NAMES),
+            NOTE_NAMES,
+            audio_frames=audio_frames,
+            text_length=text_length,
+        )
+    return DatasetInfo(
+        task, "retrieval", ("image", "text"), 0, (), image_size=image_size, text_length=text_length
+    )
+
+
+def generate(spec: SyntheticSpec) -> TensorMultimodalDataset:
+    """Generate one split of a built-in task."""
+    info = info_for(spec.task, spec.image_size, spec.audio_frames, spec.text_length)
+    split_id = {"train": 0, "test": 1}[spec.split]
+    rng = np.random.default_rng([spec.seed, TASKS.index(spec.task), split_id])
+    n, d = spec.size, spec.difficulty
+    arrays: dict[str, torch.Tensor] = {}
+    partition_labels = None
+
+    if spec.task in ("synthetic-vqa", "synthetic-va"):
+        colors = rng.integers(0, len(COLORS), size=(n, 4))
+        shapes = rng.integers(0, len(SHAPES), size=(n, 4))
+        arrays["image"] = _render(rng, colors, shapes, np.ones((n, 4), bool), info.image_size, d)
+        quadrant = rng.integers(0, 4, size=n)
+        asks_shape = rng.random(n) < 0.5
+        rows = np.arange(n)
+        labels = np.where(asks_shape, len(COLORS) + shapes[rows, quadrant], colors[rows, quadrant])
+        if spec.task == "synthetic-vqa":
+            questions = [
+                _question(rng, int(q), bool(s)) for q, s in zip(quadrant, asks_shape, strict=True)
+            ]
+            arrays["text"] = _tokenize_checked(questions, info.text_length)
+        else:
+            waves = [
+                _beeps(rng, [QUADRANT_PITCHES_HZ[q]] * (2 if s else 1), d)
+                for q, s in zip(quadrant, asks_shape, strict=True)
+            ]
+            arrays["audio"] = _fbanks(waves, info.audio_frames)
+    elif spec.task == "synthetic-at":
+        notes = rng.integers(0, len(NOTE_NAMES), size=(n, 3))
+        which = rng.integers(0, 3, size=n)
+        labels = notes[np.arange(n), which]
+        arrays["audio"] = _fbanks(
+            [_tones(rng, [NOTE_PITCHES_HZ[k] for k in row], d) for row in notes],
+            info.audio_frames,
+        )
+        questions = [rng.choice(NOTE_QUESTIONS).format(ord=ORDINALS[int(w)]) for w in which]
+        arrays["text"] = _tokenize_checked(questions, info.text_length)
+    else:
+        quads = np.argsort(rng.random((n, 4)), axis=1)[:, :2]
+        colors = rng.integers(0, len(COLORS), size=(n, 2))
+        shapes = rng.integers(0, len(SHAPES), size=(n, 2))
+        full_colors = np.zeros((n, 4), int)
+        full_shapes = np.zeros((n, 4), int)
+        present = np.zeros((n, 4), bool)
+        rows = np.arange(n)
+        for j in range(2):
+            full_colors[rows, quads[:, j]] = colors[:, j]
+            full_shapes[rows, quads[:, j]] = shapes[:, j]
+            present[rows, quads[:, j]] = True
+        arrays["image"] = _render(rng, full_colors, full_shapes, present, info.image_size, d)
+        captions = [_caption(rng, quads[i], colors[i], shapes[i]) for i in range(n)]
+        arrays["text"] = _tokenize_checked(captions, info.text_length)
+        labels = np.arange(n)
+        partition_labels = colors[:, 0]
+    return TensorMultimodalDataset(info, arrays, labels, partition_labels)
+
+
+def _question(rng: np.random.Generator, quadrant: int, asks_shape: bool) -> str:
+    template = rng.choice(SHAPE_QUESTIONS if asks_shape else COLOR_QUESTIONS)
+    return str(template).format(pos=rng.choice(POSITION_WORDS[POSITIONS[quadrant]]))
+
+
+def _caption(rng: np.random.Generator, quads, colors, shapes) -> str:
+    names = list(COLORS)
+    words = [
+        (names[colors[j]], SHAPES[shapes[j]], rng.choice(POSITION_WORDS[POSITIONS[quads[j]]]))
+        for j in range(2)
+    ]
+    (c1, s1, p1), (c2, s2, p2) = words
+    return str(rng.choice(CAPTIONS)).format(c1=c1, s1=s1, p1=p1, c2=c2, s2=s2, p2=p2)
+
+
+def _tokenize_checked(texts: list[str], length: int) -> torch.Tensor:
+    ids = tokenize(texts, length + 1)
+    truncated = int((ids[:, -1] != 0).sum())
+    if truncated:
+        raise ValueError(
+            f"{truncated} texts are longer than text-length {length}; raise 'text-length'."
+        )
+    return ids[:, :length].contiguous()
+
+
+def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    if shape == "square":
+        return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+    if shape == "circle":
+        return dx**2 + dy**2 <= r**2
+    if shape == "triangle":
+        return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
+    return ((np.abs(dx) <= r / 3) & (np.abs(dy) <= r)) | ((np.abs(dy) <= r / 3) & (np.abs(dx) <= r))
+
+
+def _render(
+    rng: np.random.Generator,
+    colors: np.ndarray,
+    shapes: np.ndarray,
+    present: np.ndarray,
+    size: int,
+    difficulty: float,
+) -> torch.Tensor:
+    """uint8 images ``[n, size, size, 3]``: one object per present quadrant, plus noise."""
+    n = colors.shape[0]
+    half = size / 2
+    palette = np.array(list(COLORS.values()), dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    images = np.empty((n, size, size, 3), dtype=np.float32)
+    images[:] = rng.uniform(0.35, 0.5, size=(n, 1, 1, 1)).astype(np.float32)
+    for i in range(n):
+        for q in np.flatnonzero(present[i]):
+            row, col = divmod(int(q), 2)
+            r = half * rng.uniform(0.26, 0.36 - 0.08 * difficulty)
+            slack = half / 2 - r
+            cy = (row + 0.5) * half + rng.uniform(-slack, slack)
+            cx = (col + 0.5) * half + rng.uniform(-slack, slack)
+            mask = _shape_mask(SHAPES[shapes[i, q]], xx - cx, yy - cy, r)
+            jitter = rng.uniform(-0.25, 0.25, 3) * difficulty
+            images[i][mask] = np.clip(palette[colors[i, q]] + jitter, 0.0, 1.0)
+    images += rng.normal(0.0, 0.03 + 0.2 * difficulty, size=images.shape).astype(np.float32)
+    return torch.from_numpy((np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8))
+
+
+def _tone(rng: np.random.Generator, freq: float, seconds: float, difficulty: float) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    freq *= 1.0 + rng.uniform(-0.03, 0.03) * difficulty
+    amp = rng.uniform(0.3, 0.8)
+    wave = amp * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+    wave += 0.3 * amp * np.sin(4 * np.pi * freq * t)
+    ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.01)
+    return wave * ramp
+
+
+def _tones(rng: np.random.Generator, freqs: list[float], difficulty: float) -> np.ndarray:
+    seg = AUDIO_SECONDS / len(freqs)
+    wave = np.concatenate([_tone(rng, f, seg, difficulty) for f in freqs])
+    return wave + rng.normal(0.0, 0.02 + 0.3 * difficulty, size=wave.shape)
+
+
+def _beeps(rng: np.random.Generator, freqs: list[float], difficulty: float) -> np.ndarray:
+    """One or two beeps (with a gap) of the given pitches inside ``AUDIO_SECONDS``."""
+    total = int(AUDIO_SECONDS * SAMPLE_RATE)
+    wave = np.zeros(total)
+    beep = AUDIO_SECONDS / 4 if len(freqs) > 1 else AUDIO_SECONDS * 0.6
+    start = int(rng.uniform(0.0, 0.1) * SAMPLE_RATE)
+    for f in freqs:
+        tone = _tone(rng, f, beep, difficulty)
+        wave[start : start + len(tone)] += tone[: total - start]
+        start += len(tone) + int(AUDIO_SECONDS / 8 * SAMPLE_RATE)
+    return wave + rng.normal(0.0, 0.02 + 0.3 * difficulty, size=wave.shape)
+
+
+def _fbanks(waves: list[np.ndarray], frames: int) -> torch.Tensor:
+    assert frames_for_seconds(AUDIO_SECONDS) >= 16
+    return torch.stack([fbank(w, frames) for w in waves]).to(torch.float16)

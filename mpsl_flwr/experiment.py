@@ -1,0 +1,81 @@
+"""What every strategy sets up the same way: config, data info, model, evaluation.
+
+Strategies differ in how they train; they share this, so that swapping ``strategy``
+changes nothing else: same model and initial weights, same test split, same metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mpsl_flwr import tasks
+from mpsl_flwr.config import RunConfig
+from mpsl_flwr.data.base import DatasetInfo, MultimodalDataset
+from mpsl_flwr.data.registry import dataset_info, load_split
+from mpsl_flwr.models.checkpoints import load_pretrained
+from mpsl_flwr.models.head import ClientHead
+from mpsl_flwr.models.server import ServerModel
+from mpsl_flwr.models.split_model import (
+    ModelSpec,
+    SplitModel,
+    build_head,
+    build_server,
+    count_trainable,
+)
+from mpsl_flwr.optim import resolve_device
+
+log = logging.getLogger("mpsl_flwr")
+
+
+@dataclass
+class Experiment:
+    """Config, dataset description and model spec of one run."""
+
+    cfg: RunConfig
+    info: DatasetInfo
+    spec: ModelSpec
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Experiment:
+        info = dataset_info(cfg)
+        return cls(cfg, info, ModelSpec.from_config(cfg, info))
+
+    @property
+    def server_device(self) -> torch.device:
+        return resolve_device(self.cfg.server_device)
+
+    def initial_model(self) -> tuple[ClientHead, ServerModel]:
+        """Head and server part at their initial weights (pretrained ones if configured)."""
+        head, server = build_head(self.spec), build_server(self.spec)
+        if self.cfg.pretrained:
+            report = load_pretrained(self.cfg.pretrained, self.cfg.pretrained_format, head, server)
+            log.info("Loaded pretrained weights: %s", report)
+            server.encoder.set_trainable_blocks(self.spec.trainable_blocks)
+        return head, server
+
+    def test_set(self) -> MultimodalDataset:
+        return load_split(self.cfg, "test")
+
+    def train_set(self) -> MultimodalDataset:
+        return load_split(self.cfg, "train")
+
+    def evaluate(self, head: ClientHead, server: ServerModel) -> dict[str, Any]:
+        """Test metrics of ``[head; server]`` on the held-out split, keys prefixed ``test-``."""
+        device = self.server_device
+        model = SplitModel(head, server)
+        original = next(head.parameters()).device
+        model.to(device)
+        metrics = tasks.evaluate(model, self.test_set(), self.cfg.eval_batch_size, device)
+        head.to(original)
+        return {f"test-{k}": v for k, v in metrics.items()}
+
+    def parameter_counts(self, head: ClientHead, server: ServerModel) -> dict[str, int]:
+        """Trainable parameters on each side of the cut."""
+        return {
+            "client-trainable-params": count_trainable(head),
+            "server-trainable-params": count_trainable(server),
+        }

@@ -1,0 +1,325 @@
+"""Run the app under ``flwr run`` on a private, local SuperLink, and clean up after.
+
+``flwr run .`` on its own starts a background SuperLink on fixed ports (39091/39093)
+that outlives the run and is silently shared by every project on the machine, and that
+re-installs the app's dependencies on each run. This launcher instead starts its own
+``flower-superlink`` (simulation mode) on free ports, under its own ``FLWR_HOME`` and
+with runtime dependency installation off, submits the run, streams its logs, checks
+``finished:completed`` with ``flwr list``, prints the results table, and stops the
+SuperLink it started by process group, on success, failure or Ctrl-C.
+
+    mpsl-run --nodes 10 --run-config "epochs=3 dataset='synthetic-va'"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpsl_flwr.config import parse_overrides, resolve_config
+from mpsl_flwr.results import SUMMARY, format_table
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+COMPLETED = "finished:completed"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """An executable of this Python environment (flwr, flower-superlink, ...)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@dataclass
+class LocalSuperLink:
+    """A ``flower-superlink --simulation`` that this process owns, on free ports."""
+
+    flwr_home: Path
+    http_port: int = field(default_factory=free_port)
+    control_port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment under which ``flwr`` commands talk to this SuperLink only."""
+        env = dict(os.environ)
+        env.update(
+            FLWR_HOME=str(self.flwr_home),
+            FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.http_port),
+            FLWR_LOCAL_CONTROL_API_PORT=str(self.control_port),
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+            PYTHONUNBUFFERED="1",
+            # The SuperLink spawns flower-superexec and flwr-simulation by name.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        )
+        return env
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_path or self.flwr_home / "superlink.log"
+        cmd = [
+            _bin("flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--control-api-address",
+            f"127.0.0.1:{self.control_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.http_port),
+        ]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"flower-superlink exited with code {self.process.returncode}; "
+                    f"see {self.log_path}"
+                )
+            if self.healthy():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(
+            f"flower-superlink did not start within {timeout:.0f}s; see {self.log_path}"
+        )
+
+    def healthy(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.http_port}/health"
+            with urllib.request.urlopen(url, timeout=0.5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the SuperLink and everything in its process group, by PID."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = self.process.pid  # start_new_session: the group id is the PID
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            self.process.wait(timeout=grace)
+
+    def flwr(self, *args: str, capture: bool = True, timeout: float | None = 120) -> str:
+        """Run a ``flwr`` CLI command against this SuperLink; returns its stdout."""
+        out = subprocess.run(
+            [_bin("flwr"), *args],
+            env=self.env,
+            capture_output=capture,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"`flwr {' '.join(args)}` failed: {out.stdout}{out.stderr}")
+        return out.stdout
+
+    def run_status(self, run_id: int) -> str:
+        data = json.loads(self.flwr("list", "--run-id", str(run_id), "--format", "json"))
+        return str(data["runs"][0]["status"])
+
+
+@contextlib.contextmanager
+def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
+    """A private SuperLink for the duration of the ``with`` block."""
+    tmp = None
+    if flwr_home is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mpsl-flwr-home-")
+        flwr_home = Path(tmp.name)
+    link = LocalSuperLink(flwr_home)
+    link.start()
+    try:
+        yield link
+    finally:
+        link.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@dataclass
+class RunOutcome:
+    """How a ``flwr run`` ended and where its results are."""
+
+    run_id: int
+    status: str
+    run_dir: Path
+    wall_time_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == COMPLETED
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.run_dir / SUMMARY).read_text())
+
+
+def flwr_run(
+    link: LocalSuperLink,
+    run_config: dict[str, Any],
+    num_supernodes: int,
+    app_dir: Path = PROJECT_DIR,
+    cpus_per_client: float = 1.0,
+    gpus_per_client: float = 0.0,
+    timeout: float = 3600.0,
+    stream: bool = True,
+) -> RunOutcome:
+    """Submit one simulation run with ``run_config`` overrides and wait for its end."""
+    cfg = resolve_config(dict(run_config), app_dir)
+    run_name = cfg.run_name or (
+        f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    output_dir = Path(cfg.output_dir).expanduser()
+    if not output_dir.is_absolute():
+        output_dir = Path.cwd() / output_dir
+    overrides = {**run_config, "output-dir": str(output_dir), "run-name": run_name}
+    t0 = time.time()
+    out = link.flwr(
+        "run",
+        str(app_dir),
+        "--format",
+        "json",
+        "--run-config",
+        _toml_pairs(overrides),
+        "--federation-config",
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={_num(cpus_per_client)} "
+        f"client-resources-num-gpus={_num(gpus_per_client)}",
+    )
+    answer = json.loads(out)
+    if "run-id" not in answer:
+        raise RuntimeError(f"flwr run did not start the run: {answer.get('error-message', answer)}")
+    run_id = int(answer["run-id"])
+    logs = None
+    if stream:
+        logs = subprocess.Popen([_bin("flwr"), "log", str(run_id)], env=link.env)
+    status = ""
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = link.run_status(run_id)
+            if status.startswith("finished"):
+                break
+            if time.monotonic() > deadline:
+                link.flwr("stop", str(run_id))
+                status = f"timeout after {timeout:.0f}s"
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            link.flwr("stop", str(run_id))
+        raise
+    finally:
+        if logs is not None:
+            try:
+                logs.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                logs.terminate()
+                logs.wait(timeout=5)
+    return RunOutcome(run_id, status, output_dir / run_name, time.time() - t0)
+
+
+def _num(x: float) -> int | float:
+    """Flower wants whole CPU/GPU counts as integers."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _toml_pairs(values: dict[str, Any]) -> str:
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        else:
+            text = repr(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mpsl-run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=10, help="simulated SuperNodes")
+    parser.add_argument(
+        "--run-config", default="", help="overrides, 'key=value ...' as for flwr run"
+    )
+    parser.add_argument("--cpus-per-client", type=float, default=1.0)
+    parser.add_argument("--gpus-per-client", type=float, default=0.0)
+    parser.add_argument(
+        "--flwr-home",
+        type=Path,
+        default=None,
+        help="FLWR_HOME of the private SuperLink (default: a temporary dir)",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
+    args = parser.parse_args(argv)
+    overrides = parse_overrides([args.run_config]) if args.run_config else {}
+    resolve_config(overrides, args.app_dir)  # fail fast on a bad key, before any process
+    with local_superlink(args.flwr_home) as link:
+        print(f"SuperLink on 127.0.0.1:{link.http_port} (FLWR_HOME={link.flwr_home})", flush=True)
+        outcome = flwr_run(
+            link,
+            overrides,
+            args.nodes,
+            app_dir=args.app_dir,
+            cpus_per_client=args.cpus_per_client,
+            gpus_per_client=args.gpus_per_client,
+            timeout=args.timeout,
+        )
+    print(f"\nRun {outcome.run_id}: {outcome.status} in {outcome.wall_time_s:.0f}s", flush=True)
+    if not outcome.ok:
+        print(f"The run did not complete; see {link.log_path} and the logs above.", file=sys.stderr)
+        return 1
+    summary = outcome.summary()
+    cols = [
+        c
+        for c in (
+            "epoch",
+            "train-loss",
+            "test-accuracy",
+            "test-rsum",
+            "mb-up-per-client",
+            "mb-down-per-client",
+            "epoch-time-s",
+        )
+        if summary["history"] and c in summary["history"][0]
+    ]
+    print("\n" + format_table(summary["history"], cols))
+    print(f"\nResults: {outcome.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Client head ``W_h``: modality tokenizers plus a shared pre-LayerNorm.
+
+Everything here runs on the client. Each tokenizer turns one modality into a sequence
+of ``width``-dimensional tokens; the head then either concatenates them (early fusion,
+one stream ``"fused"``) or keeps one stream per modality (late fusion). The streams
+are what crosses the cut layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from timm.layers import PatchEmbed, trunc_normal_
+from torch import Tensor, nn
+
+FUSED = "fused"
+FBANK_BINS = 128
+AUDIO_PATCH = 16
+AUDIO_STRIDE = 10
+
+
+def _check_shape(name: str, x: Tensor, expected: tuple[int | None, ...], hint: str) -> None:
+    ok = x.dim() == len(expected) and all(
+        e is None or e == s for e, s in zip(expected, x.shape, strict=True)
+    )
+    if not ok:
+        want = ", ".join("B" if e is None else str(e) for e in expected)
+        raise ValueError(f"{name} batch must have shape [{want}]; got {list(x.shape)}. {hint}")
+
+
+class ImageTokenizer(nn.Module):
+    """ViT tokenizer: 16x16 patch embedding, a CLS token and learned positions."""
+
+    def __init__(self, width: int, image_size: int, patch_size: int = 16) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(
+                f"image-size {image_size} is not a multiple of the patch size {patch_size}."
+            )
+        self.image_size = image_size
+        self.patch_embed = PatchEmbed(image_size, patch_size, 3, width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, width))
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+
+    def forward(self, images: Tensor) -> Tensor:
+        _check_shape(
+            "image",
+            images,
+            (None, 3, self.image_size, self.image_size),
+            "Set run-config 'image-size' to the size your data has.",
+        )
+        x = self.patch_embed(images)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.pos_embed
+
+
+class AudioTokenizer(nn.Module):
+    """AST tokenizer: 128-bin fbank cut into 16x16 patches with stride 10, CLS, positions."""
+
+    def __init__(self, width: int, frames: int) -> None:
+        super().__init__()
+        if frames < AUDIO_PATCH:
+            raise ValueError(f"audio-frames must be at least {AUDIO_PATCH}; got {frames}.")
+        self.frames = frames
+        self.proj = nn.Conv2d(1, width, kernel_size=AUDIO_PATCH, stride=AUDIO_STRIDE)
+        self.grid = (
+            (FBANK_BINS - AUDIO_PATCH) // AUDIO_STRIDE + 1,
+            (frames - AUDIO_PATCH) // AUDIO_STRIDE + 1,
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], width))
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+
+    def forward(self, fbank: Tensor) -> Tensor:
+        _check_shape(
+            "audio",
+            fbank,
+            (None, self.frames, FBANK_BINS),
+            "Audio must be a [frames, 128] kaldi fbank; set run-config 'audio-frames'.",
+        )
+        # [B, T, F] -> [B, 1, F, T]: frequency is the image height, as in AST.
+        x = self.proj(fbank.transpose(1, 2).unsqueeze(1)).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.pos_embed
+
+
+class TextTokenizer(nn.Module):
+    """Subword token embedding (frozen unless asked) plus learned positions."""
+
+    def __init__(
+        self, width: int, vocab_size: int, length: int, train_token_embedding: bool
+    ) -> None:
+        super().__init__()
+        self.length = length
+        self.vocab_size = vocab_size
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.token_embedding.weight.requires_grad_(train_token_embedding)
+        self.pos_embed = nn.Parameter(torch.zeros(1, length, width))
+        trunc_normal_(self.pos_embed, std=0.01)
+
+    def forward(self, token_ids: Tensor) -> Tensor:
+        _check_shape(
+            "text",
+            token_ids,
+            (None, self.length),
+            "Token ids must be padded to run-config 'text-length'.",
+        )
+        if token_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"text batch must hold integer token ids; got {token_ids.dtype}.")
+        return self.token_embedding(token_ids) + self.pos_embed
+
+
+class ClientHead(nn.Module):
+    """``W_h``: one tokenizer per modality and a shared pre-LayerNorm."""
+
+    def __init__(self, tokenizers: Mapping[str, nn.Module], width: int, early_fusion: bool):
+        super().__init__()
+        self.modalities = tuple(tokenizers)
+        self.tokenizers = nn.ModuleDict(dict(tokenizers))
+        self.pre_norm = nn.LayerNorm(width)
+        self.early_fusion = early_fusion
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """Names of the activations that cross the cut layer."""
+        return (FUSED,) if self.early_fusion else self.modalities
+
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        missing = [m for m in self.modalities if m not in batch]
+        if missing:
+            raise KeyError(
+                f"batch lacks modality {missing}; the model expects {list(self.modalities)}."
+            )
+        tokens = {m: self.pre_norm(self.tokenizers[m](batch[m])) for m in self.modalities}
+        if self.early_fusion:
+            return {FUSED: torch.cat([tokens[m] for m in self.modalities], dim=1)}
+        return tokens

@@ -1,0 +1,104 @@
+"""Server side: body ``W_b`` (timm ViT blocks) and tail ``W_t`` (pooling + task head)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from mpsl_flwr.models.head import FUSED
+
+
+class Encoder(nn.Module):
+    """A stack of timm ViT blocks and a final LayerNorm; only the last ``k`` blocks train.
+
+    Cut like timm's ``VisionTransformer``: ``blocks[:k]`` and ``blocks[k:]`` are plain
+    slices, so a later strategy may run or exchange any part of it.
+    """
+
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.apply(_init_weights)
+
+    def set_trainable_blocks(self, k: int) -> None:
+        """Freeze all but the last ``k`` blocks (the final norm trains when ``k > 0``)."""
+        depth = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            block.requires_grad_(i >= depth - k)
+        self.norm.requires_grad_(k > 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def readout(tokens: Tensor, stream: str) -> Tensor:
+    """One vector per sample: the CLS token for image and audio, the mean for text."""
+    return tokens.mean(dim=1) if stream in ("text", FUSED) else tokens[:, 0]
+
+
+class ClassificationTail(nn.Module):
+    """Global average pooling over the fused read-outs, then a linear classifier."""
+
+    def __init__(self, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, num_classes)
+        nn.init.zeros_(self.fc.bias)
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+
+    def forward(self, readouts: Mapping[str, Tensor]) -> Tensor:
+        pooled = torch.stack(list(readouts.values()), dim=0).mean(dim=0)
+        return self.fc(pooled)
+
+
+class RetrievalTail(nn.Module):
+    """Per-modality projection into a shared, L2-normalised embedding space.
+
+    Returns ``[B, 2, E]``: row 0 the image embedding, row 1 the text embedding. The
+    contrastive temperature is learned (CLIP), initialised from ``temperature``.
+    """
+
+    def __init__(self, width: int, embed_dim: int, pair: tuple[str, str], temperature: float):
+        super().__init__()
+        self.pair = pair
+        self.proj = nn.ModuleDict({m: nn.Linear(width, embed_dim, bias=False) for m in pair})
+        for proj in self.proj.values():
+            nn.init.trunc_normal_(proj.weight, std=width**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(float(-torch.log(torch.tensor(temperature)))))
+
+    def forward(self, readouts: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack(
+            [F.normalize(self.proj[m](readouts[m]), dim=-1) for m in self.pair], dim=1
+        )
+
+
+class ServerModel(nn.Module):
+    """``W_b`` and ``W_t``: encodes the cut-layer streams once and applies the task head."""
+
+    def __init__(self, encoder: Encoder, tail: nn.Module, streams: tuple[str, ...]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tail = tail
+        self.streams = streams
+
+    def forward(self, activations: Mapping[str, Tensor]) -> Tensor:
+        missing = [s for s in self.streams if s not in activations]
+        if missing:
+            raise KeyError(f"activations lack stream(s) {missing}; expected {self.streams}.")
+        readouts = {s: readout(self.encoder(activations[s]), s) for s in self.streams}
+        return self.tail(readouts)

@@ -1,0 +1,145 @@
+"""Build the three-part model (head on the client; body and tail on the server).
+
+Head and server are built from separate seeded generators, so a client that builds only
+its head and a server that builds only its part get exactly the weights that the whole
+model built in one process (centralized training, FedAvg) would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mpsl_flwr.config import RunConfig
+from mpsl_flwr.data.base import DatasetInfo
+from mpsl_flwr.data.text import VOCAB_SIZE
+from mpsl_flwr.models.head import AudioTokenizer, ClientHead, ImageTokenizer, TextTokenizer
+from mpsl_flwr.models.server import ClassificationTail, Encoder, RetrievalTail, ServerModel
+from mpsl_flwr.models.sizes import ENCODER_SIZES
+
+RETRIEVAL_EMBED_DIM = 256
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that fixes the architecture (derived from run config + dataset info)."""
+
+    modalities: tuple[str, ...]
+    kind: str
+    num_classes: int
+    width: int
+    depth: int
+    heads: int
+    trainable_blocks: int
+    early_fusion: bool
+    image_size: int
+    audio_frames: int
+    text_length: int
+    train_token_embedding: bool
+    temperature: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
+        size = ENCODER_SIZES[cfg.model_size]
+        fusion = cfg.fusion
+        if fusion == "auto":
+            fusion = "late" if info.kind == "retrieval" else "early"
+        if fusion == "early" and info.kind == "retrieval":
+            raise ValueError(
+                "Retrieval embeds image and text separately: use fusion=late (or auto)."
+            )
+        return cls(
+            modalities=info.modalities,
+            kind=info.kind,
+            num_classes=info.num_classes,
+            width=size.width,
+            depth=cfg.depth,
+            heads=size.heads,
+            trainable_blocks=cfg.trainable_blocks,
+            early_fusion=fusion == "early",
+            image_size=info.image_size,
+            audio_frames=info.audio_frames,
+            text_length=info.text_length,
+            train_token_embedding=cfg.train_token_embedding,
+            temperature=cfg.temperature,
+            seed=cfg.seed,
+        )
+
+
+def build_head(spec: ModelSpec) -> ClientHead:
+    """The client head ``W_h`` (same weights on every client for the same seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        tokenizers: dict[str, nn.Module] = {}
+        for m in spec.modalities:
+            if m == "image":
+                tokenizers[m] = ImageTokenizer(spec.width, spec.image_size)
+            elif m == "audio":
+                tokenizers[m] = AudioTokenizer(spec.width, spec.audio_frames)
+            else:
+                tokenizers[m] = TextTokenizer(
+                    spec.width, VOCAB_SIZE, spec.text_length, spec.train_token_embedding
+                )
+        return ClientHead(tokenizers, spec.width, spec.early_fusion)
+
+
+def build_server(spec: ModelSpec) -> ServerModel:
+    """The server part: body ``W_b`` (last ``k`` blocks trainable) and tail ``W_t``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed + 1)
+        encoder = Encoder(spec.width, spec.depth, spec.heads)
+        encoder.set_trainable_blocks(spec.trainable_blocks)
+        if spec.kind == "retrieval":
+            pair = ("image", "text")
+            tail: nn.Module = RetrievalTail(spec.width, RETRIEVAL_EMBED_DIM, pair, spec.temperature)
+        else:
+            tail = ClassificationTail(spec.width, spec.num_classes)
+    streams = ("fused",) if spec.early_fusion else spec.modalities
+    return ServerModel(encoder, tail, streams)
+
+
+class SplitModel(nn.Module):
+    """Head and server part joined: the whole model, for centralized training and FedAvg."""
+
+    def __init__(self, head: ClientHead, server: ServerModel) -> None:
+        super().__init__()
+        self.head = head
+        self.server = server
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.server(self.head(batch))
+
+
+def build_model(spec: ModelSpec) -> SplitModel:
+    """Head and server together, initialised exactly as when built apart."""
+    return SplitModel(build_head(spec), build_server(spec))
+
+
+def trainable_state(module: nn.Module) -> dict[str, Tensor]:
+    """The trainable parameters by name (what a strategy exchanges or checkpoints)."""
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(module: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy ``state`` into ``module``'s trainable parameters; names must match exactly."""
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise KeyError(f"state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    with torch.no_grad():
+        for name, p in params.items():
+            value = state[name]
+            if value.shape != p.shape:
+                raise ValueError(
+                    f"'{name}' has shape {list(value.shape)}; the model expects {list(p.shape)}."
+                )
+            p.copy_(value.to(p.dtype))
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,62 @@
+"""Optimiser and learning-rate schedule shared by every strategy and both sides of MPSL.
+
+AdamW is per-parameter, so one optimiser over the whole model (centralized) and two
+over its halves (MPSL server and client) take identical steps. The schedule lives on
+the server, which sends each step's learning rate to the clients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import partial
+
+import torch
+from torch import nn
+
+from mpsl_flwr.config import RunConfig
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable ``params``."""
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        # An empty optimiser is legal for a fully frozen part; AdamW refuses [].
+        trainable = [nn.Parameter(torch.zeros(0), requires_grad=True)]
+    return torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at ``step`` (linear warm-up, then cosine)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up plus cosine decay over ``total_steps`` (``lr-schedule``, ``warmup-ratio``)."""
+    warmup = int(cfg.warmup_ratio * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        partial(lr_factor, total_steps=total_steps, warmup_steps=warmup, schedule=cfg.lr_schedule),
+    )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Use ``lr`` for the next step (clients follow the server's schedule)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` picks CUDA when this process sees a GPU, else the CPU."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("server-device/client-device is 'cuda' but no CUDA device is visible.")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)

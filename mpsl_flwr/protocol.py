@@ -1,0 +1,202 @@
+"""The MPSL message protocol: message types, record names and the exchange loop.
+
+One step, as messages (see DESIGN.md):
+
+``train.forward``  server -> node: which batch each logical client draws. Reply: the
+                   cut-layer activations ``act.<cid>`` and ``stats.<cid>``.
+``train.loss``     server -> node: each client's logit slice ``out.<cid>``. Reply:
+                   ``grad.<cid>`` (dL_n/dz_n) and ``stats.<cid>`` (loss, correct).
+                   Labels never leave the client. Retrieval has no labels and skips it.
+``train.backward`` server -> node: cut-layer gradients ``cut.<cid>``, the learning rate,
+                   and optionally the next batch to draw; the reply then carries the
+                   next activations, so a steady-state step costs two round trips.
+``query.info``     which logical clients a node serves and their partition sizes.
+``query.head``     each client's head and the samples it trained on this epoch.
+
+Records are keyed by *logical client id* (the data partition), not by Flower node id,
+so one node may serve several clients in one message. At most one message is in
+flight per node; replies are matched by message id, never by arrival order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+log = logging.getLogger("mpsl_flwr")
+
+FORWARD = "train.forward"
+LOSS = "train.loss"
+BACKWARD = "train.backward"
+QUERY_INFO = "query.info"
+QUERY_HEAD = "query.head"
+
+CONFIG = "config"
+HEAD = "head"
+INFO = "info"
+
+
+def act_key(cid: int) -> str:
+    """Activations of client ``cid`` (one array per stream)."""
+    return f"act.{cid}"
+
+
+def out_key(cid: int) -> str:
+    """Server output (logit slice) for client ``cid``."""
+    return f"out.{cid}"
+
+
+def grad_key(cid: int) -> str:
+    """Gradient of client ``cid``'s loss w.r.t. its output slice."""
+    return f"grad.{cid}"
+
+
+def cut_key(cid: int) -> str:
+    """Cut-layer gradient for client ``cid`` (one array per stream)."""
+    return f"cut.{cid}"
+
+
+def stats_key(cid: int) -> str:
+    """Per-client metrics of a reply (num-examples, loss, correct, ...)."""
+    return f"stats.{cid}"
+
+
+def head_key(cid: int) -> str:
+    """Head weights of client ``cid`` (end of epoch)."""
+    return f"head.{cid}"
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which slice of its epoch permutation a client draws: ``[offset, offset + size)``."""
+
+    epoch: int
+    offset: int
+    size: int
+
+
+def plan_record(plans: Mapping[int, BatchPlan], prefix: str = "") -> dict[str, list[int]]:
+    """Batch plans of several clients as ConfigRecord entries (none for no plans: Flower's
+    ``ConfigRecord.count_bytes`` cannot size an empty list)."""
+    if not plans:
+        return {}
+    cids = sorted(plans)
+    return {
+        f"{prefix}clients": cids,
+        f"{prefix}epochs": [plans[c].epoch for c in cids],
+        f"{prefix}offsets": [plans[c].offset for c in cids],
+        f"{prefix}sizes": [plans[c].size for c in cids],
+    }
+
+
+def read_plans(config: ConfigRecord, prefix: str = "") -> dict[int, BatchPlan]:
+    """Inverse of :func:`plan_record`."""
+    if f"{prefix}clients" not in config:
+        return {}
+    cols = [config[f"{prefix}{k}"] for k in ("clients", "epochs", "offsets", "sizes")]
+    return {
+        int(c): BatchPlan(int(e), int(o), int(s))
+        for c, e, o, s in zip(*cols, strict=True)  # type: ignore[call-overload]
+    }
+
+
+def message_bytes(message: Message) -> int:
+    """Payload size of a message: the bytes of all its records."""
+    if not message.has_content():
+        return 0
+    return sum(record.count_bytes() for record in message.content.values())
+
+
+@dataclass
+class TrafficMeter:
+    """Bytes sent to and received from each node, measured on the actual messages."""
+
+    sent: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    received: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+    def snapshot(self) -> tuple[dict[int, int], dict[int, int]]:
+        return dict(self.sent), dict(self.received)
+
+
+class Exchange:
+    """Send one message per node and collect the replies, within a timeout.
+
+    Replies are matched by message id. A node whose reply has not arrived by the
+    deadline is reported as missing; its message stays *in flight* and the node is
+    skipped by later exchanges until that stale reply (or its expiry) has been pulled,
+    so no node ever holds two of our messages.
+    """
+
+    def __init__(self, grid: Grid, poll_interval: float = 0.01) -> None:
+        self.grid = grid
+        self.poll_interval = poll_interval
+        self.meter = TrafficMeter()
+        self._stale: dict[str, int] = {}  # message id -> node id
+        self.tap: list = []  # callables(reply) that see every reply (tests, audits)
+
+    def busy_nodes(self) -> set[int]:
+        """Nodes that still hold a message from an earlier, timed-out exchange."""
+        if self._stale:
+            for reply in self.grid.pull_messages(list(self._stale)):
+                self._stale.pop(reply.metadata.reply_to_message_id, None)
+        return set(self._stale.values())
+
+    def __call__(
+        self, messages: Mapping[int, Message], timeout: float
+    ) -> tuple[dict[int, Message], list[int]]:
+        """Replies by node id, and the node ids that did not answer in time."""
+        if not messages:
+            return {}, []
+        ttl_messages = []
+        for node_id, msg in messages.items():
+            self.meter.sent[node_id] += message_bytes(msg)
+            ttl_messages.append(msg)
+        ids = list(self.grid.push_messages(ttl_messages))
+        pending = dict(zip(ids, messages, strict=True))
+        replies: dict[int, Message] = {}
+        deadline = time.monotonic() + timeout
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                node_id = pending.pop(reply.metadata.reply_to_message_id, None)
+                if node_id is None:
+                    continue
+                self.meter.received[node_id] += message_bytes(reply)
+                for tap in self.tap:
+                    tap(reply)
+                replies[node_id] = reply
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(self.poll_interval)
+        self._stale.update(pending)
+        return replies, list(pending.values())
+
+
+def make_messages(
+    contents: Mapping[int, RecordDict], message_type: str, group_id: str, ttl: float
+) -> dict[int, Message]:
+    """One message per node."""
+    return {
+        node: Message(content, node, message_type, group_id=group_id, ttl=ttl)
+        for node, content in contents.items()
+    }
+
+
+def reply_error(reply: Message) -> str | None:
+    """The error a reply carries, as text, or None for a normal reply."""
+    if reply.has_error():
+        return f"code {reply.error.code}: {reply.error.reason}"
+    return None
+
+
+def nodes_of(clients: Iterable[int], node_of: Mapping[int, int]) -> dict[int, list[int]]:
+    """Group logical client ids by the node that serves them."""
+    grouped: dict[int, list[int]] = defaultdict(list)
+    for cid in sorted(clients):
+        grouped[node_of[cid]].append(cid)
+    return dict(grouped)

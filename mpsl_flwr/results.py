@@ -1,0 +1,174 @@
+"""Run outputs: ``<output-dir>/<run-name>/`` with config, history, summary and a plot.
+
+Each epoch (or round) is appended to ``history.jsonl`` and flushed to disk at once, and
+``summary.json`` is rewritten atomically after every epoch with ``status: running``, so
+a crash loses at most the epoch in progress. A new run never reuses a directory: a
+taken name gets a ``-2``, ``-3`` ... suffix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mpsl_flwr.config import RunConfig
+
+log = logging.getLogger("mpsl_flwr")
+
+SUMMARY = "summary.json"
+HISTORY_JSONL = "history.jsonl"
+HISTORY_CSV = "history.csv"
+PLOT = "history.png"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    """Create and return a fresh directory ``root/name`` (suffixed if taken)."""
+    root.mkdir(parents=True, exist_ok=True)
+    candidate, k = root / name, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            k += 1
+            candidate = root / f"{name}-{k}"
+
+
+class RunRecorder:
+    """Writes a run's files as it goes."""
+
+    def __init__(self, cfg: RunConfig, num_clients: int | None = None) -> None:
+        self.cfg = cfg
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = cfg.run_name or f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{stamp}"
+        self.dir = new_run_dir(Path(cfg.output_dir).expanduser().resolve(), name)
+        self.history: list[dict[str, Any]] = []
+        self.t0 = time.time()
+        self.summary: dict[str, Any] = {
+            "status": "running",
+            "strategy": cfg.strategy,
+            "dataset": cfg.dataset,
+            "model-size": cfg.model_size,
+            "num-clients": num_clients,
+            "seed": cfg.seed,
+            "run-dir": str(self.dir),
+            "config": cfg.to_mapping(),
+        }
+        _atomic_write(self.dir / "config.json", json.dumps(cfg.to_mapping(), indent=2))
+        self._write_summary()
+        log.info("Writing results to %s", self.dir)
+
+    def update(self, **fields: Any) -> None:
+        """Add top-level fields to the summary (e.g. parameter counts)."""
+        self.summary.update(fields)
+        self._write_summary()
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """Append one epoch/round of metrics; everything is on disk when this returns."""
+        row = {"wall-time-s": round(time.time() - self.t0, 3), **row}
+        self.history.append(row)
+        with (self.dir / HISTORY_JSONL).open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._write_csv()
+        self._write_summary()
+
+    def finish(self, final_metrics: dict[str, Any]) -> Path:
+        """Mark the run completed, write final metrics and the plot; return summary path."""
+        self.summary.update(
+            status="completed",
+            final=final_metrics,
+            wall_time_s=round(time.time() - self.t0, 3),
+        )
+        self._write_summary()
+        try:
+            plot_history(self.history, self.dir / PLOT, title=self.dir.name)
+        except Exception as err:
+            log.warning("Could not draw %s: %s", PLOT, err)
+        return self.dir / SUMMARY
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the run failed (the history written so far stays)."""
+        self.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        self.summary["history"] = self.history
+        _atomic_write(self.dir / SUMMARY, json.dumps(self.summary, indent=2))
+
+    def _write_csv(self) -> None:
+        keys: list[str] = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        tmp = self.dir / (HISTORY_CSV + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+        os.replace(tmp, self.dir / HISTORY_CSV)
+
+
+def main_metric(row: dict[str, Any]) -> tuple[str, float] | None:
+    """The headline test metric of a history row: accuracy, else recall sum."""
+    for key in ("test-accuracy", "test-rsum"):
+        if key in row:
+            return key, float(row[key])
+    return None
+
+
+def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Test metric and train loss against epoch, as a PNG."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    metric = main_metric(history[0])
+    if metric:
+        ax1.plot(epochs, [r[metric[0]] for r in history], marker="o")
+        ax1.set_ylabel(metric[0])
+    ax1.set_xlabel("epoch")
+    ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [r.get("train-loss", float("nan")) for r in history], marker="o", color="C1")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("train-loss")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_table(history: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A Markdown table of the history (for the console and READMEs)."""
+    if not history:
+        return "(no epochs recorded)"
+    if columns is None:
+        columns = [k for k in history[0] if not k.startswith("config")]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in history:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

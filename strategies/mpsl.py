@@ -1,0 +1,517 @@
+"""Multimodal Parallel Split Learning (MPSL) as a Flower strategy.
+
+Fudala, Tsouvalas, Meratnia: "Fine-tuning Multimodal Transformers on Edge: A Parallel
+Split Learning Approach" (arXiv 2502.06355). Clients keep only the modality tokenizers
+(the head); the server holds the encoder and task head and trains them on the
+*concatenated* activations of all clients with one forward and one backward pass per
+step, so the server keeps no per-client model and the client computes only its head.
+
+Per step (message types and records in :mod:`mpsl_flwr.protocol`):
+
+1. ``train.forward``: each client draws its batch and returns its activations (steady
+   state: they arrived with the previous step's backward reply).
+2. The server concatenates them and runs body and tail once.
+3. ``train.loss``: each client gets its output slice, computes its loss with its own
+   labels and returns ``dL_n/dz_n`` (retrieval skips this: it has no labels, and the
+   server computes the contrastive loss over the whole global batch).
+4. The server backpropagates ``L_S = sum_n |B_n|/|B| L_n`` once and steps.
+5. ``train.backward``: each client gets its cut-layer gradient, recomputes its head,
+   steps, and returns the activations of its next batch.
+
+At the end of each epoch the heads are averaged (FedAvg weighted by samples seen), the
+pair [aggregated head; server model] is evaluated on the test split, and, with
+``head-sync=push``, the average is sent back to the clients with their next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from tqdm import tqdm
+
+from mpsl_flwr import protocol as P
+from mpsl_flwr.config import RunConfig
+from mpsl_flwr.models.head import ClientHead
+from mpsl_flwr.models.server import ServerModel
+from mpsl_flwr.models.split_model import ModelSpec, load_trainable_state, trainable_state
+from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
+from mpsl_flwr.split_server import SplitServer
+from mpsl_flwr.state import from_array_record, model_arrays, to_array_record
+
+log = logging.getLogger("mpsl_flwr")
+
+EvaluateFn = Callable[[int, ClientHead, ServerModel], dict[str, Any]]
+EpochEndFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ClientInfo:
+    """A logical client as its node announced it."""
+
+    cid: int
+    node_id: int
+    num_examples: int
+
+
+@dataclass
+class EpochStats:
+    """What one epoch measured."""
+
+    loss_sum: float = 0.0
+    samples: int = 0
+    correct: int = 0
+    steps: int = 0
+    clients_per_step: list[int] = field(default_factory=list)
+    dropped: int = 0
+
+
+class MPSL:
+    """Drives MPSL epochs and steps over a Flower :class:`Grid`.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The run configuration (batch size, epochs, timeouts, head-sync policy, ...).
+    spec : ModelSpec
+        Architecture; tells the expected shape of every client's activations.
+    head : ClientHead
+        The initial head, pushed to every client before its first step, and the module
+        into which the per-epoch average is loaded.
+    server_model : ServerModel
+        Body and tail, trained here.
+    """
+
+    def __init__(
+        self, cfg: RunConfig, spec: ModelSpec, head: ClientHead, server_model: ServerModel
+    ) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.head = head
+        self.server_model = server_model
+        self.device = resolve_device(cfg.server_device)
+        self.wire_dtype = torch.float16 if cfg.activation_dtype == "float16" else None
+        self.clients: dict[int, ClientInfo] = {}
+        self.exchange: P.Exchange | None = None
+        self._head_record: ArrayRecord | None = None
+        self._synced_nodes: set[int] = set()
+
+    # ------------------------------------------------------------------ setup
+    def discover(self, grid: Grid) -> dict[int, ClientInfo]:
+        """Ask every node which logical clients it serves; wait for all of them.
+
+        The run waits until every partition that the nodes announce (``num-partitions``
+        times ``clients-per-node``) has reported, or, when ``min-nodes`` is set, that
+        many nodes. Past ``node-wait-timeout`` it starts with the clients it has.
+        """
+        assert self.exchange is not None
+        deadline = time.monotonic() + self.cfg.node_wait_timeout
+        asked: set[int] = set()
+        expected: int | None = None
+        errors: list[str] = []
+        while True:
+            new_nodes = [n for n in grid.get_node_ids() if n not in asked]
+            if new_nodes:
+                contents = {n: RecordDict() for n in new_nodes}
+                replies, _ = self.exchange(
+                    P.make_messages(contents, P.QUERY_INFO, "info", self._ttl()),
+                    self.cfg.step_timeout,
+                )
+                asked.update(replies)
+                for node_id, reply in replies.items():
+                    if (err := P.reply_error(reply)) is not None:
+                        errors.append(f"node {node_id}: {err}")
+                        log.warning("Node %s failed query.info: %s", node_id, err)
+                        continue
+                    info = reply.content[P.INFO]
+                    expected = int(info["num-clients"])  # type: ignore[arg-type]
+                    for cid, n in zip(info["clients"], info["num-examples"], strict=True):  # type: ignore[arg-type]
+                        self.clients[int(cid)] = ClientInfo(int(cid), node_id, int(n))
+            nodes_ok = len({c.node_id for c in self.clients.values()})
+            if self.cfg.min_nodes and nodes_ok >= self.cfg.min_nodes:
+                break
+            if not self.cfg.min_nodes and expected is not None and len(self.clients) >= expected:
+                break
+            if time.monotonic() > deadline:
+                if not self.clients:
+                    detail = "; ".join(errors) or "no node registered"
+                    raise RuntimeError(
+                        f"No client answered within node-wait-timeout "
+                        f"({self.cfg.node_wait_timeout:.0f}s): {detail}"
+                    )
+                log.warning(
+                    "Starting with %d of %s clients after node-wait-timeout.",
+                    len(self.clients),
+                    expected,
+                )
+                break
+            time.sleep(0.2)
+        log.info(
+            "MPSL: %d clients on %d nodes, %d training samples in all",
+            len(self.clients),
+            len({c.node_id for c in self.clients.values()}),
+            sum(c.num_examples for c in self.clients.values()),
+        )
+        return self.clients
+
+    def _ttl(self) -> float:
+        return max(60.0, 3 * self.cfg.step_timeout)
+
+    def client_batch_size(self) -> int:
+        """``b_n = ceil(B / N)`` over the N clients that hold data."""
+        active = [c for c in self.clients.values() if c.num_examples > 0]
+        return math.ceil(self.cfg.batch_size / max(1, len(active)))
+
+    def steps_per_epoch(self) -> int:
+        """Steps until the largest partition is exhausted."""
+        b = self.client_batch_size()
+        return max((math.ceil(c.num_examples / b) for c in self.clients.values()), default=0)
+
+    # ------------------------------------------------------------------ run
+    def start(
+        self,
+        grid: Grid,
+        evaluate_fn: EvaluateFn | None = None,
+        on_epoch_end: EpochEndFn | None = None,
+    ) -> Result:
+        """Run ``epochs`` epochs; return the final arrays (head + server) and metrics."""
+        self.exchange = P.Exchange(grid)
+        self.discover(grid)
+        steps = self.steps_per_epoch()
+        if steps == 0:
+            raise RuntimeError("No client holds any training data.")
+        optimizer = make_optimizer(self.server_model.parameters(), self.cfg)
+        scheduler = make_scheduler(optimizer, self.cfg, steps * self.cfg.epochs)
+        self.server = SplitServer(
+            self.server_model, optimizer, scheduler, self.spec.kind, self.device
+        )
+        self._head_record = to_array_record(trainable_state(self.head))
+        result = Result()
+        log.info(
+            "MPSL: global batch %d, %d per client, %d steps per epoch, %d epochs",
+            self.cfg.batch_size,
+            self.client_batch_size(),
+            steps,
+            self.cfg.epochs,
+        )
+        for epoch in range(self.cfg.epochs):
+            t0 = time.time()
+            sent0, recv0 = self.exchange.meter.snapshot()
+            stats = self.train_epoch(grid, epoch, steps)
+            seen = self.aggregate_heads(epoch)
+            if self.cfg.head_sync == "push":
+                self._head_record = to_array_record(trainable_state(self.head))
+                self._synced_nodes = set()
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train-loss": stats.loss_sum / max(1, stats.samples),
+                "steps": stats.steps,
+                "mean-clients-per-step": sum(stats.clients_per_step)
+                / max(1, len(stats.clients_per_step)),
+                "dropped-client-steps": stats.dropped,
+                "samples-trained": sum(seen.values()),
+            }
+            if self.spec.kind == "classification":
+                row["train-accuracy"] = stats.correct / max(1, stats.samples)
+            row.update(self._traffic_row(sent0, recv0))
+            row["epoch-time-s"] = round(time.time() - t0, 3)
+            if evaluate_fn is not None:
+                metrics = evaluate_fn(epoch + 1, self.head, self.server_model)
+                row.update(metrics)
+                result.evaluate_metrics_serverapp[epoch + 1] = MetricRecord(
+                    {k: float(v) for k, v in metrics.items()}
+                )
+            result.train_metrics_clientapp[epoch + 1] = MetricRecord(
+                {"train-loss": float(row["train-loss"])}
+            )
+            log.info("Epoch %d: %s", epoch + 1, _fmt(row))
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+        result.arrays = model_arrays(self.head, self.server_model)
+        return result
+
+    def _traffic_row(self, sent0: dict[int, int], recv0: dict[int, int]) -> dict[str, float]:
+        """MB per client this epoch: down = server to client, up = client to server."""
+        assert self.exchange is not None
+        sent, recv = self.exchange.meter.snapshot()
+        n = max(1, len(self.clients))
+        down = sum(sent.values()) - sum(sent0.values())
+        up = sum(recv.values()) - sum(recv0.values())
+        return {
+            "mb-down-per-client": down / n / 1e6,
+            "mb-up-per-client": up / n / 1e6,
+        }
+
+    # ------------------------------------------------------------------ epoch
+    def train_epoch(self, grid: Grid, epoch: int, steps: int) -> EpochStats:
+        """One pass over every partition, ``steps`` MPSL steps."""
+        b = self.client_batch_size()
+        offsets = {cid: 0 for cid in self.clients}
+        pending: dict[int, tuple[P.BatchPlan, dict[str, torch.Tensor]]] = {}
+        stats = EpochStats()
+        self._seen = {cid: 0 for cid in self.clients}
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            unit="step",
+            disable=not self.cfg.progress,
+            mininterval=2.0,
+            ascii=True,
+        )
+        for step in bar:
+            plans = {
+                cid: P.BatchPlan(epoch, offsets[cid], min(b, c.num_examples - offsets[cid]))
+                for cid, c in self.clients.items()
+                if offsets[cid] < c.num_examples
+            }
+            if not plans:
+                break
+            pending = self.step(grid, epoch, step, plans, pending, offsets, stats, b, steps)
+            stats.steps += 1
+            if stats.samples:
+                bar.set_postfix(loss=f"{stats.loss_sum / stats.samples:.3f}", refresh=False)
+        bar.close()
+        return stats
+
+    def step(
+        self,
+        grid: Grid,
+        epoch: int,
+        step: int,
+        plans: dict[int, P.BatchPlan],
+        pending: dict[int, tuple[P.BatchPlan, dict[str, torch.Tensor]]],
+        offsets: dict[int, int],
+        stats: EpochStats,
+        b: int,
+        steps: int,
+    ) -> dict[int, tuple[P.BatchPlan, dict[str, torch.Tensor]]]:
+        """One MPSL step; returns the activations that arrived for the next step."""
+        assert self.exchange is not None
+        group = f"e{epoch}s{step}"
+        busy = self.exchange.busy_nodes()
+        for cid in [c for c in plans if self.clients[c].node_id in busy]:
+            log.warning(
+                "Client %d (node %d) still busy; it sits out step %s",
+                cid,
+                self.clients[cid].node_id,
+                group,
+            )
+            del plans[cid]
+            stats.dropped += 1
+        acts = {cid: a for cid, (p, a) in pending.items() if plans.get(cid) == p}
+        need = {cid: p for cid, p in plans.items() if cid not in acts}
+        if need:
+            acts.update(self._forward_leg(need, group, stats))
+        if not acts:
+            return {}
+        stats.clients_per_step.append(len(acts))
+        outputs = self.server.forward({cid: a for cid, a in sorted(acts.items())})
+        lr = self.server.lr
+        if self.spec.kind == "classification":
+            grads = self._loss_leg({c: plans[c] for c in acts}, outputs, group, stats)
+            cut, _ = self.server.backward_from_client_grads(grads)
+        else:
+            cut, loss, total = self.server.backward_from_server_loss()
+            stats.loss_sum += loss * total
+            stats.samples += total
+        for cid in cut:
+            offsets[cid] += plans[cid].size
+            self._seen[cid] += plans[cid].size
+        next_plans = {}
+        if step + 1 < steps:
+            next_plans = {
+                cid: P.BatchPlan(
+                    epoch, offsets[cid], min(b, self.clients[cid].num_examples - offsets[cid])
+                )
+                for cid in cut
+                if offsets[cid] < self.clients[cid].num_examples
+            }
+        return self._backward_leg({c: plans[c] for c in cut}, cut, lr, next_plans, group, stats)
+
+    # ------------------------------------------------------------------ legs
+    def _by_node(self, cids) -> dict[int, list[int]]:
+        return P.nodes_of(cids, {c: i.node_id for c, i in self.clients.items()})
+
+    def _send(
+        self, contents: dict[int, RecordDict], message_type: str, group: str, stats: EpochStats
+    ) -> dict[int, Message]:
+        """Exchange one leg; drop (with a warning) nodes that error or time out."""
+        assert self.exchange is not None
+        replies, missing = self.exchange(
+            P.make_messages(contents, message_type, group, self._ttl()), self.cfg.step_timeout
+        )
+        for node_id in missing:
+            log.warning(
+                "Node %d did not answer %s of step %s within step-timeout (%.0fs); its "
+                "clients are dropped from this step.",
+                node_id,
+                message_type,
+                group,
+                self.cfg.step_timeout,
+            )
+            stats.dropped += 1
+        ok = {}
+        for node_id, reply in replies.items():
+            if (err := P.reply_error(reply)) is not None:
+                log.warning(
+                    "Node %d replied to %s of step %s with an error (%s); its clients are "
+                    "dropped from this step.",
+                    node_id,
+                    message_type,
+                    group,
+                    err,
+                )
+                stats.dropped += 1
+                continue
+            ok[node_id] = reply
+        return ok
+
+    def _forward_leg(
+        self, plans: dict[int, P.BatchPlan], group: str, stats: EpochStats
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        contents = {}
+        for node_id, cids in self._by_node(plans).items():
+            content = RecordDict(
+                {P.CONFIG: ConfigRecord(P.plan_record({c: plans[c] for c in cids}))}
+            )
+            if self._head_record is not None and node_id not in self._synced_nodes:
+                content[P.HEAD] = self._head_record
+            contents[node_id] = content
+        replies = self._send(contents, P.FORWARD, group, stats)
+        self._synced_nodes.update(replies)
+        return self._read_activations(replies, plans, stats)
+
+    def _read_activations(
+        self, replies: dict[int, Message], plans: dict[int, P.BatchPlan], stats: EpochStats
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        acts = {}
+        for node_id, reply in replies.items():
+            for cid in self._by_node(plans).get(node_id, []):
+                key = P.act_key(cid)
+                if key not in reply.content:
+                    continue  # no data left: sits out
+                tensors = from_array_record(reply.content[key], dtype=torch.float32)
+                problem = self._check_activations(tensors, plans[cid].size)
+                if problem:
+                    log.warning(
+                        "Client %d (node %d) sent bad activations: %s; dropped from this step.",
+                        cid,
+                        node_id,
+                        problem,
+                    )
+                    stats.dropped += 1
+                    continue
+                acts[cid] = tensors
+        return acts
+
+    def _check_activations(self, acts: dict[str, torch.Tensor], size: int) -> str | None:
+        streams = set(self.server_model.streams)
+        if set(acts) != streams:
+            return f"streams {sorted(acts)}, expected {sorted(streams)}"
+        for name, a in acts.items():
+            if a.dim() != 3 or a.shape[0] != size or a.shape[2] != self.spec.width:
+                return (
+                    f"'{name}' has shape {list(a.shape)}, expected [{size}, tokens, "
+                    f"{self.spec.width}]"
+                )
+            if not torch.isfinite(a).all():
+                return f"'{name}' holds NaN or Inf"
+        return None
+
+    def _loss_leg(
+        self,
+        plans: dict[int, P.BatchPlan],
+        outputs: dict[int, torch.Tensor],
+        group: str,
+        stats: EpochStats,
+    ) -> dict[int, torch.Tensor]:
+        contents = {}
+        for node_id, cids in self._by_node(plans).items():
+            content = RecordDict(
+                {P.CONFIG: ConfigRecord(P.plan_record({c: plans[c] for c in cids}))}
+            )
+            for cid in cids:
+                content[P.out_key(cid)] = to_array_record({"out": outputs[cid]})
+            contents[node_id] = content
+        grads = {}
+        for node_id, reply in self._send(contents, P.LOSS, group, stats).items():
+            for cid in self._by_node(plans)[node_id]:
+                if P.grad_key(cid) not in reply.content:
+                    continue
+                g = from_array_record(reply.content[P.grad_key(cid)])["out"]
+                if g.shape != outputs[cid].shape or not torch.isfinite(g).all():
+                    log.warning(
+                        "Client %d sent a bad output gradient; dropped from step %s.", cid, group
+                    )
+                    stats.dropped += 1
+                    continue
+                s = reply.content[P.stats_key(cid)]
+                grads[cid] = g
+                n = int(s["num-examples"])  # type: ignore[arg-type]
+                stats.loss_sum += float(s["loss"]) * n  # type: ignore[arg-type]
+                stats.correct += int(s["correct"])  # type: ignore[arg-type]
+                stats.samples += n
+        return grads
+
+    def _backward_leg(
+        self,
+        plans: dict[int, P.BatchPlan],
+        cut: dict[int, dict[str, torch.Tensor]],
+        lr: float,
+        next_plans: dict[int, P.BatchPlan],
+        group: str,
+        stats: EpochStats,
+    ) -> dict[int, tuple[P.BatchPlan, dict[str, torch.Tensor]]]:
+        contents = {}
+        for node_id, cids in self._by_node(plans).items():
+            cfg = {"lr": lr, **P.plan_record({c: plans[c] for c in cids})}
+            nxt = {c: next_plans[c] for c in cids if c in next_plans}
+            cfg.update(P.plan_record(nxt, prefix="next-"))
+            content = RecordDict({P.CONFIG: ConfigRecord(cfg)})
+            for cid in cids:
+                content[P.cut_key(cid)] = to_array_record(cut[cid], self.wire_dtype)
+            contents[node_id] = content
+        replies = self._send(contents, P.BACKWARD, group, stats)
+        acts = self._read_activations(replies, next_plans, stats)
+        return {cid: (next_plans[cid], a) for cid, a in acts.items()}
+
+    # ------------------------------------------------------------------ heads
+    def aggregate_heads(self, epoch: int) -> dict[int, int]:
+        """FedAvg of the heads of the clients that trained this epoch, into ``self.head``."""
+        trained = {cid: n for cid, n in self._seen.items() if n > 0}
+        stats = EpochStats()
+        contents = {
+            node_id: RecordDict({P.CONFIG: ConfigRecord({"clients": cids})})
+            for node_id, cids in self._by_node(trained).items()
+        }
+        records = []
+        for node_id, reply in self._send(contents, P.QUERY_HEAD, f"e{epoch}head", stats).items():
+            for cid in self._by_node(trained)[node_id]:
+                if P.head_key(cid) in reply.content:
+                    records.append(
+                        RecordDict(
+                            {
+                                "arrays": reply.content[P.head_key(cid)],
+                                "metrics": MetricRecord({"num-examples": trained[cid]}),
+                            }
+                        )
+                    )
+        if records:
+            avg = aggregate_arrayrecords(records, "num-examples")
+            load_trainable_state(self.head, from_array_record(avg))
+        else:
+            log.warning("No client head reached the server after epoch %d.", epoch + 1)
+        return trained
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())

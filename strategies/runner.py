@@ -1,0 +1,97 @@
+"""Run one experiment: set up, train with the chosen strategy, record, summarise.
+
+The ServerApp and the plain Python entry points both come through here, so every path
+writes the same files (see :mod:`mpsl_flwr.results`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from flwr.serverapp import Grid
+
+from mpsl_flwr.config import RunConfig
+from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.results import RunRecorder, format_table
+
+log = logging.getLogger("mpsl_flwr")
+
+TABLE_COLUMNS = (
+    "epoch",
+    "train-loss",
+    "test-accuracy",
+    "test-i2t-r1",
+    "test-t2i-r1",
+    "test-rsum",
+    "mb-up-per-client",
+    "mb-down-per-client",
+    "epoch-time-s",
+    "wall-time-s",
+)
+
+
+def setup_logging() -> None:
+    """Show mpsl_flwr's INFO logs on stdout (Flower streams the ServerApp's output)."""
+    logger = logging.getLogger("mpsl_flwr")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
+    """Train with ``cfg.strategy``; returns the run directory."""
+    setup_logging()
+    exp = Experiment.from_config(cfg)
+    recorder = RunRecorder(cfg)
+    try:
+        final = _dispatch(exp, grid, recorder)
+    except BaseException as err:
+        recorder.fail(err)
+        raise
+    recorder.finish(final)
+    columns = [c for c in TABLE_COLUMNS if recorder.history and c in recorder.history[0]]
+    print("\n" + format_table(recorder.history, columns), flush=True)
+    print(f"\nResults: {recorder.dir}", flush=True)
+    return recorder.dir
+
+
+def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict[str, Any]:
+    cfg = exp.cfg
+
+    def evaluate(epoch: int, head, server) -> dict[str, Any]:
+        return exp.evaluate(head, server)
+
+    if cfg.strategy == "centralized":
+        from strategies.centralized import Centralized
+
+        strategy = Centralized(exp)
+        recorder.update(num_clients=1, **exp.parameter_counts(strategy.head, strategy.server_model))
+        strategy.start(evaluate, recorder.log_epoch)
+    elif cfg.strategy == "mpsl":
+        from strategies.mpsl import MPSL
+
+        if grid is None:
+            raise ValueError("strategy=mpsl needs a Flower grid: run it with `flwr run`.")
+        head, server = exp.initial_model()
+        mpsl = MPSL(cfg, exp.spec, head, server)
+        recorder.update(**exp.parameter_counts(head, server))
+        mpsl.start(grid, evaluate, _with_clients(recorder, mpsl))
+    else:  # pragma: no cover - RunConfig validates the choices
+        raise ValueError(f"unknown strategy {cfg.strategy!r}")
+    last = recorder.history[-1] if recorder.history else {}
+    return {k: v for k, v in last.items() if k.startswith("test-")}
+
+
+def _with_clients(recorder: RunRecorder, mpsl) -> Any:
+    def on_epoch_end(row: dict[str, Any]) -> None:
+        if recorder.summary.get("num-clients") is None:
+            recorder.update(**{"num-clients": len(mpsl.clients)})
+        recorder.log_epoch(row)
+
+    return on_epoch_end
