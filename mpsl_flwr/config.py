@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import shlex
 import types
 import typing
 from collections.abc import Mapping
@@ -137,12 +139,27 @@ def load_pyproject_config(project_dir: str | Path | None = None) -> dict[str, An
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Parse ``key=value`` overrides exactly as ``flwr run --run-config`` does."""
+    """Parse ``key=value`` overrides as ``flwr run --run-config`` does (TOML values).
+
+    Also accepts a ``.toml`` file path, like Flower, and, unlike Flower, an unquoted
+    string value (``output-dir=/tmp/runs``), which is taken as a string.
+    """
     if not items:
         return {}
-    from flwr.common.config import parse_config_args
+    if len(items) == 1 and items[0].endswith(".toml"):
+        from flwr.common.config import parse_config_args
 
-    return parse_config_args(items)
+        return parse_config_args(items)
+    values: dict[str, Any] = {}
+    for token in (t for item in items for t in shlex.split(item)):
+        key, sep, raw = token.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Override '{token}' is not of the form key=value.")
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = raw
+    return values
 
 
 def resolve_config(
@@ -162,8 +179,13 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
 def _field_type(field: dataclasses.Field[Any]) -> Any:
-    return typing.get_type_hints(RunConfig)[field.name]
+    return _field_types()[field.name]
 
 
 def _unknown_key_message(key: str, valid: list[str]) -> str:

@@ -297,16 +297,6 @@ class MPSL:
         """One MPSL step; returns the activations that arrived for the next step."""
         assert self.exchange is not None
         group = f"e{epoch}s{step}"
-        busy = self.exchange.busy_nodes()
-        for cid in [c for c in plans if self.clients[c].node_id in busy]:
-            log.warning(
-                "Client %d (node %d) still busy; it sits out step %s",
-                cid,
-                self.clients[cid].node_id,
-                group,
-            )
-            del plans[cid]
-            stats.dropped += 1
         acts = {cid: a for cid, (p, a) in pending.items() if plans.get(cid) == p}
         need = {cid: p for cid, p in plans.items() if cid not in acts}
         if need:
@@ -346,6 +336,16 @@ class MPSL:
     ) -> dict[int, Message]:
         """Exchange one leg; drop (with a warning) nodes that error or time out."""
         assert self.exchange is not None
+        busy = self.exchange.busy_nodes()
+        for node_id in sorted(busy & set(contents)):
+            log.warning(
+                "Node %d still holds an unanswered message; it sits out %s of step %s.",
+                node_id,
+                message_type,
+                group,
+            )
+            del contents[node_id]
+            stats.dropped += 1
         replies, missing = self.exchange(
             P.make_messages(contents, message_type, group, self._ttl()), self.cfg.step_timeout
         )

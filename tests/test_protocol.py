@@ -1,0 +1,219 @@
+"""The MPSL protocol over real Flower messages and the real ClientApp (in process).
+
+``LocalGrid`` hands real ``Message`` objects to ``clients.client_app.app`` with one
+persistent ``Context`` per node and shuffles reply order; Ray and the SuperLink are
+exercised by the end-to-end tests instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+
+from clients.client_app import app as client_app
+from mpsl_flwr import protocol as P
+from mpsl_flwr.data.partition import batch_indices, client_seed
+from mpsl_flwr.data.registry import client_partition, load_split
+from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.local_grid import LocalGrid
+from mpsl_flwr.models.split_model import trainable_state
+from mpsl_flwr.optim import make_optimizer
+from mpsl_flwr.split_server import SplitServer
+from strategies.centralized import Centralized
+from strategies.mpsl import MPSL
+
+
+def run_mpsl(cfg, num_nodes, grid=None, fault=None):
+    exp = Experiment.from_config(cfg)
+    head, server = exp.initial_model()
+    grid = grid or LocalGrid(client_app, num_nodes, cfg.to_mapping())
+    grid.fault = fault
+    mpsl = MPSL(cfg, exp.spec, head, server)
+    rows = []
+    result = mpsl.start(grid, on_epoch_end=rows.append)
+    return mpsl, result, rows, grid
+
+
+def assert_same_arrays(a: ArrayRecord, b: ArrayRecord, atol=1e-6):
+    sa, sb = a.to_torch_state_dict(), b.to_torch_state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=atol, msg=k)
+
+
+@pytest.mark.parametrize("dataset", ["synthetic-vqa", "synthetic-retrieval"])
+def test_one_client_mpsl_equals_centralized(tiny, dataset):
+    cfg = tiny(dataset=dataset, epochs=2)
+    _, mpsl_result, rows, _ = run_mpsl(cfg, num_nodes=1)
+    central = Centralized(Experiment.from_config(cfg)).start()
+    assert rows[-1]["steps"] == 6  # 96 samples / global batch 16
+    assert_same_arrays(mpsl_result.arrays, central.arrays)
+
+
+def test_n_clients_frozen_heads_server_equals_centralized_on_concatenated_batch(tiny, monkeypatch):
+    """Frozen client heads: the server follows centralized training on the concatenation
+    of the clients' batches, step for step."""
+    cfg = tiny(dirichlet_alpha=1.0)
+    monkeypatch.setattr("mpsl_flwr.split_client.set_lr", lambda opt, lr: _zero_lr(opt))
+    mpsl, _, rows, _grid = run_mpsl(cfg, num_nodes=3)
+
+    # Centralized reference: the same frozen head, one optimiser, concatenated batches.
+    exp = Experiment.from_config(cfg)
+    head, server = exp.initial_model()
+    optimizer = make_optimizer(server.parameters(), cfg)
+    steps = mpsl.steps_per_epoch()
+    from mpsl_flwr.optim import make_scheduler
+
+    ref = SplitServer(
+        server,
+        optimizer,
+        make_scheduler(optimizer, cfg, steps),
+        "classification",
+        torch.device("cpu"),
+    )
+    train = load_split(cfg, "train")
+    b = mpsl.client_batch_size()
+    sizes = {c: len(client_partition(cfg, c, 3)) for c in range(3)}
+    for step in range(steps):
+        rows_by_client = {}
+        for c in range(3):
+            if step * b < sizes[c]:
+                pos = batch_indices(sizes[c], 0, client_seed(cfg.seed, c), step * b, b)
+                rows_by_client[c] = client_partition(cfg, c, 3)[pos]
+        batch = train.batch(np.concatenate([rows_by_client[c] for c in sorted(rows_by_client)]))
+        with torch.no_grad():
+            acts = head(batch)
+        out = ref.forward({0: acts})
+        z = out[0].requires_grad_(True)
+        torch.nn.functional.cross_entropy(z, batch["label"]).backward()
+        grad = z.grad
+        ref.backward_from_client_grads({0: grad})
+    for name, p in trainable_state(mpsl.server_model).items():
+        torch.testing.assert_close(p, trainable_state(server)[name], rtol=0, atol=1e-5, msg=name)
+    assert rows[0]["steps"] == steps
+
+
+def _zero_lr(optimizer):
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+
+
+def test_labels_never_leave_the_client(tiny):
+    """Every message the server receives, scanned for any client's labels."""
+    cfg = tiny(epochs=1)
+    received = []
+
+    class Recorder(P.Exchange):
+        def __init__(self, grid, poll_interval=0.01):
+            super().__init__(grid, poll_interval)
+            self.tap.append(received.append)
+
+    import strategies.mpsl as mpsl_module
+
+    original = mpsl_module.P.Exchange
+    mpsl_module.P.Exchange = Recorder
+    try:
+        run_mpsl(cfg, num_nodes=3)
+    finally:
+        mpsl_module.P.Exchange = original
+    train = load_split(cfg, "train")
+    label_sets = [train.labels[client_partition(cfg, c, 3)] for c in range(3)]
+    assert received, "no replies recorded"
+    for reply in received:
+        for name, record in reply.content.items():
+            if isinstance(record, ArrayRecord):
+                for key, arr in record.items():
+                    values = arr.numpy()
+                    assert values.dtype.kind == "f", f"{name}/{key} is {values.dtype}"
+                    assert not _holds_labels(values, label_sets), f"{name}/{key}"
+            elif isinstance(record, MetricRecord | ConfigRecord):
+                for key, value in record.items():
+                    if isinstance(value, list) and len(value) > 1:
+                        assert not _holds_labels(np.asarray(value), label_sets), f"{name}/{key}"
+
+
+def _holds_labels(values: np.ndarray, label_sets) -> bool:
+    flat = values.reshape(-1)
+    return any(
+        len(flat) >= 2 and np.array_equal(flat, labels[: len(flat)].astype(flat.dtype))
+        for labels in label_sets
+    ) or (values.ndim == 1 and values.dtype.kind in "iu")
+
+
+def test_reply_order_does_not_matter(tiny):
+    cfg = tiny()
+    _, a, _, _ = run_mpsl(cfg, 3, grid=LocalGrid(client_app, 3, cfg.to_mapping(), seed=1))
+    _, b, _, _ = run_mpsl(cfg, 3, grid=LocalGrid(client_app, 3, cfg.to_mapping(), seed=2))
+    assert_same_arrays(a.arrays, b.arrays)
+
+
+def test_exhausted_clients_sit_out_and_every_sample_trains(tiny):
+    cfg = tiny(dirichlet_alpha=0.1, synthetic_train_size=120)
+    mpsl, _, rows, grid = run_mpsl(cfg, num_nodes=4)
+    sizes = sorted(c.num_examples for c in mpsl.clients.values())
+    assert sizes[0] < sizes[-1]
+    assert rows[0]["samples-trained"] == 120
+    assert rows[0]["mean-clients-per-step"] < 4
+    # A client with nothing left is never asked for a batch again in that epoch.
+    b = mpsl.client_batch_size()
+    for cid, info in mpsl.clients.items():
+        drawn = sum(
+            p.size
+            for m in grid.delivered
+            if m.metadata.message_type in (P.FORWARD, P.BACKWARD)
+            for c, p in P.read_plans(
+                m.content[P.CONFIG], "" if m.metadata.message_type == P.FORWARD else "next-"
+            ).items()
+            if c == cid
+        )
+        assert drawn == info.num_examples, (cid, b)
+
+
+def test_a_client_that_errors_is_dropped_from_the_step_not_the_run(tiny, caplog):
+    cfg = tiny(dirichlet_alpha=1.0)
+    calls = {"n": 0}
+
+    def fail_second_loss_on_node_1001(node_id, msg):
+        if node_id == 1001 and msg.metadata.message_type == P.LOSS:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return "raise"
+        return msg
+
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        _mpsl, _, rows, _grid = run_mpsl(cfg, 3, fault=fail_second_loss_on_node_1001)
+    assert "Node 1001 replied to train.loss of step e0s1 with an error" in caplog.text
+    assert "injected failure" in caplog.text
+    assert rows[0]["dropped-client-steps"] == 1
+    assert rows[0]["samples-trained"] < 96  # its batch of that step did not train
+
+
+def test_a_client_that_times_out_is_dropped_and_never_double_booked(tiny, caplog):
+    cfg = tiny(step_timeout=0.3, dirichlet_alpha=1.0)
+
+    def swallow_first_backward_to_node_1002(node_id, msg):
+        if (
+            node_id == 1002
+            and msg.metadata.message_type == P.BACKWARD
+            and msg.metadata.group_id == "e0s0"
+        ):
+            return None
+        return msg
+
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        _mpsl, _, rows, grid = run_mpsl(cfg, 3, fault=swallow_first_backward_to_node_1002)
+    assert "Node 1002 did not answer train.backward of step e0s0" in caplog.text
+    assert (
+        "Node 1002 still holds an unanswered message" in caplog.text
+    )  # its message stays in flight: no second one is sent
+    sent_after = [
+        m
+        for m in grid.delivered
+        if m.metadata.dst_node_id == 1002 and m.metadata.group_id not in ("info", "e0s0")
+    ]
+    assert sent_after == []
+    assert rows[0]["samples-trained"] > 0
