@@ -29,6 +29,7 @@ LrSchedule = Literal["cosine", "constant"]
 ActivationDtype = Literal["float32", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
+ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,7 @@ class RunConfig:
     image_size: int = 0
     audio_frames: int = 0
     text_length: int = 0
+    image_norm: ImageNorm = "auto"
     # Model
     model_size: ModelSize = "tiny"
     encoder_depth: int = 0

@@ -26,7 +26,9 @@ def dataset_names() -> tuple[str, ...]:
 def dataset_info(cfg: RunConfig) -> DatasetInfo:
     """Task kind, modalities and input sizes, without loading any data."""
     _check_name(cfg.dataset)
-    return synthetic.info_for(cfg.dataset, cfg.image_size, cfg.audio_frames, cfg.text_length)
+    return synthetic.info_for(
+        cfg.dataset, cfg.image_size, cfg.audio_frames, cfg.text_length, cfg.image_norm
+    )
 
 
 def load_split(cfg: RunConfig, split: str) -> MultimodalDataset:
@@ -45,6 +47,7 @@ def load_split(cfg: RunConfig, split: str) -> MultimodalDataset:
             image_size=cfg.image_size or synthetic.DEFAULT_IMAGE_SIZE,
             audio_frames=cfg.audio_frames,
             text_length=cfg.text_length,
+            image_norm=cfg.image_norm,
         )
     )
 
