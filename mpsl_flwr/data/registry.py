@@ -1,7 +1,7 @@
 """Dataset lookup by the ``dataset`` run-config key, cached per process.
 
 A ClientApp is rebuilt for every message, but its Python process lives on (a Ray actor
-in simulation), so the generated or decoded data is kept here once per process.
+in simulation), so the generated data is kept here once per process.
 """
 
 from __future__ import annotations
@@ -9,11 +9,18 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from flwr_datasets.partitioner import Partitioner
 
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.data import synthetic
 from mpsl_flwr.data.base import DatasetInfo, MultimodalDataset
-from mpsl_flwr.data.partition import dirichlet_partitions
+from mpsl_flwr.data.partition import (
+    Scheme,
+    build_partitioner,
+    dirichlet_partitions,
+    group_partitions,
+    unit_labels,
+)
 
 BUILTIN = synthetic.TASKS
 
@@ -52,19 +59,67 @@ def load_split(cfg: RunConfig, split: str) -> MultimodalDataset:
     )
 
 
+def partition_scheme(cfg: RunConfig, info: DatasetInfo) -> Scheme:
+    """Dirichlet over labels for classification; ``retrieval-partition`` for retrieval."""
+    if info.kind == "retrieval" and cfg.retrieval_partition == "iid":
+        return "iid"
+    return "dirichlet"
+
+
 def client_partition(cfg: RunConfig, client_id: int, num_clients: int) -> np.ndarray:
-    """Training-set indices of logical client ``client_id`` (Dirichlet over labels)."""
+    """Training-set indices of logical client ``client_id``.
+
+    Classification: Dirichlet over labels. Retrieval: whole images (with all their
+    captions) split IID or Dirichlet over the dataset's pseudo-label.
+    """
     if not 0 <= client_id < num_clients:
         raise ValueError(f"client id {client_id} outside [0, {num_clients}).")
     train = load_split(cfg, "train")
-    parts = dirichlet_partitions(
-        train.partition_labels,
+    if train.info.kind == "retrieval":
+        scheme = partition_scheme(cfg, train.info)
+        # IID ignores the pseudo-label; don't compute it (k-means over all captions).
+        proxy = train.partition_labels if scheme == "dirichlet" else np.zeros(len(train))
+        parts = group_partitions(
+            train.labels,
+            proxy,
+            num_clients,
+            scheme,
+            cfg.dirichlet_alpha,
+            cfg.seed,
+            cfg.min_partition_size,
+        )
+    else:
+        parts = dirichlet_partitions(
+            train.partition_labels,
+            num_clients,
+            cfg.dirichlet_alpha,
+            cfg.seed,
+            cfg.min_partition_size,
+        )
+    return parts[client_id]
+
+
+def partitioner(cfg: RunConfig, num_clients: int) -> Partitioner:
+    """The flwr-datasets partitioner behind :func:`client_partition`, with its dataset.
+
+    Its rows are samples (classification) or images (retrieval); column ``label`` holds
+    the class or the pseudo-label, named where the dataset has class names.
+    """
+    train = load_split(cfg, "train")
+    labels = train.partition_labels
+    names = train.info.class_names or None
+    if train.info.kind == "retrieval":
+        labels = unit_labels(train.labels, labels)
+        names = None
+    return build_partitioner(
+        labels,
         num_clients,
+        partition_scheme(cfg, train.info),
         cfg.dirichlet_alpha,
         cfg.seed,
         cfg.min_partition_size,
+        label_names=names,
     )
-    return parts[client_id]
 
 
 @lru_cache(maxsize=4)
