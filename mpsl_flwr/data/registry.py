@@ -1,7 +1,8 @@
 """Dataset lookup by the ``dataset`` run-config key, cached per process.
 
 A ClientApp is rebuilt for every message, but its Python process lives on (a Ray actor
-in simulation), so the generated data is kept here once per process.
+in simulation), so the generated data, or a real dataset's parsed index and decoded
+media cache, is kept here once per process.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 from flwr_datasets.partitioner import Partitioner
 
 from mpsl_flwr.config import RunConfig
-from mpsl_flwr.data import synthetic
+from mpsl_flwr.data import loaders, synthetic
 from mpsl_flwr.data.base import DatasetInfo, MultimodalDataset
 from mpsl_flwr.data.partition import (
     Scheme,
@@ -23,16 +24,19 @@ from mpsl_flwr.data.partition import (
 )
 
 BUILTIN = synthetic.TASKS
+REAL = loaders.NAMES
 
 
 def dataset_names() -> tuple[str, ...]:
     """Every value the ``dataset`` key accepts."""
-    return BUILTIN
+    return BUILTIN + REAL
 
 
 def dataset_info(cfg: RunConfig) -> DatasetInfo:
-    """Task kind, modalities and input sizes, without loading any data."""
+    """Task kind, modalities and input sizes (real data: parses the index, no media)."""
     _check_name(cfg.dataset)
+    if cfg.dataset in REAL:
+        return loaders.info(cfg)
     return synthetic.info_for(
         cfg.dataset, cfg.image_size, cfg.audio_frames, cfg.text_length, cfg.image_norm
     )
@@ -43,6 +47,8 @@ def load_split(cfg: RunConfig, split: str) -> MultimodalDataset:
     _check_name(cfg.dataset)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
+    if cfg.dataset in REAL:
+        return _load_real(_data_fields(cfg), split)
     size = cfg.synthetic_train_size if split == "train" else cfg.synthetic_test_size
     return _generate(
         synthetic.SyntheticSpec(
@@ -120,6 +126,26 @@ def partitioner(cfg: RunConfig, num_clients: int) -> Partitioner:
         cfg.min_partition_size,
         label_names=names,
     )
+
+
+def _data_fields(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with only the keys that change a real split's content kept (cache key)."""
+    keep = (
+        "dataset",
+        "data_dir",
+        "data_seed",
+        "image_size",
+        "audio_frames",
+        "text_length",
+        "image_norm",
+        "retrieval_clusters",
+    )
+    return RunConfig().replace(**{k: getattr(cfg, k) for k in keep})
+
+
+@lru_cache(maxsize=4)
+def _load_real(cfg: RunConfig, split: str) -> MultimodalDataset:
+    return loaders.load(cfg, split)
 
 
 @lru_cache(maxsize=4)
