@@ -25,11 +25,13 @@ from mpsl_flwr.data.audio import centred_window, fbank, silence, window_samples
 from mpsl_flwr.data.errors import DatasetError, DatasetFormatError, DatasetNotFoundError
 from mpsl_flwr.data.images import normalization
 from mpsl_flwr.data.loaders.kinetics import KINETICS_SOUNDS
+from mpsl_flwr.data.plot import main as plot_main
 from mpsl_flwr.data.registry import (
     client_partition,
     dataset_info,
     dataset_names,
     load_split,
+    partitioner,
 )
 from mpsl_flwr.data.text import tokenize
 from mpsl_flwr.data.video import has_audio, read_clip
@@ -472,7 +474,28 @@ def test_bad_media_is_reported_by_file_name_at_decode_time(tmp_path):
         loaders.load(cfg_for("coco-qa", root), "train").batch([2])
 
 
-# ---------------------------------------------------------------- config
+# ---------------------------------------------------------------- partition plot, config
+
+
+def test_partition_plot_writes_png_of_the_client_partitions(tmp_path):
+    out = tmp_path / "plot.png"
+    plot_main(
+        [
+            "dataset=synthetic-vqa",
+            "synthetic-train-size=400",
+            "dirichlet-alpha=0.3",
+            "--num-partitions",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cfg = RunConfig(dataset="synthetic-vqa", synthetic_train_size=400, dirichlet_alpha=0.3)
+    plotted = partitioner(cfg, 4)
+    for c in range(4):
+        rows = np.asarray(plotted.load_partition(c)["idx"])
+        assert np.array_equal(rows, client_partition(cfg, c, 4))
 
 
 def test_pyproject_config_matches_defaults():
