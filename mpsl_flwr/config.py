@@ -31,6 +31,8 @@ LrSchedule = Literal["cosine", "constant"]
 ActivationDtype = Literal["float32", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
+ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
+RetrievalPartition = Literal["iid", "dirichlet-cluster"]
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,7 @@ class RunConfig:
     image_size: int = 0
     audio_frames: int = 0
     text_length: int = 0
+    image_norm: ImageNorm = "auto"
     # Model
     model_size: ModelSize = "tiny"
     encoder_depth: int = 0
@@ -72,6 +75,8 @@ class RunConfig:
     # Federation
     dirichlet_alpha: float = 0.1
     min_partition_size: int = 2
+    retrieval_partition: RetrievalPartition = "iid"
+    retrieval_clusters: int = 10
     clients_per_node: int = 1
     head_sync: HeadSync = "push"
     min_nodes: int = 0
@@ -240,6 +245,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         "epochs",
         "clients_per_node",
         "eval_batch_size",
+        "retrieval_clusters",
     )
     for name in positive:
         if getattr(cfg, name) <= 0:

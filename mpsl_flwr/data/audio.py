@@ -1,6 +1,14 @@
-"""Audio features: 16 kHz mono waveform -> 128-bin kaldi fbank, normalised as in AST."""
+"""Audio features: 16 kHz mono waveform -> 128-bin kaldi fbank, normalised as in AST.
+
+Real data also comes through here: a waveform at its own sample rate (read with
+soundfile, or from a video's track), a window of it centred on the sample's moment,
+resampled to 16 kHz by :func:`fbank` (torchaudio).
+"""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,3 +54,41 @@ def frames_for_seconds(seconds: float) -> int:
     """Number of 10 ms fbank frames kaldi produces for ``seconds`` of audio (25 ms window)."""
     samples = round(seconds * SAMPLE_RATE)
     return 1 + (samples - 400) // 160
+
+
+def window_samples(frames: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples at ``sample_rate`` that kaldi needs for ``frames`` fbank frames (25 ms/10 ms)."""
+    return math.ceil((400 + (frames - 1) * 160) * sample_rate / SAMPLE_RATE)
+
+
+def centred_window(wave: np.ndarray, sample_rate: int, centre_s: float, frames: int) -> np.ndarray:
+    """The part of ``wave`` that ``frames`` fbank frames cover, centred on ``centre_s``.
+
+    The window is shifted to stay inside the recording; a recording shorter than the
+    window is returned whole (:func:`fbank` zero-pads the missing frames).
+    """
+    length = window_samples(frames, sample_rate)
+    if len(wave) <= length:
+        return wave
+    start = round(centre_s * sample_rate) - length // 2
+    start = min(max(start, 0), len(wave) - length)
+    return wave[start : start + length]
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """float32 mono from ``[channels, samples]`` (or already mono) audio: channel mean."""
+    samples = np.asarray(samples, dtype=np.float32)
+    return samples.mean(axis=0) if samples.ndim == 2 else samples
+
+
+def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
+    """A WAV/FLAC/OGG file as a float32 mono waveform and its sample rate (soundfile)."""
+    import soundfile
+
+    data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return to_mono(data.T), int(sample_rate)
+
+
+def silence(frames: int) -> np.ndarray:
+    """A zero waveform at 16 kHz as long as ``frames`` fbank frames (clips with no audio)."""
+    return np.zeros(window_samples(frames), dtype=np.float32)

@@ -44,6 +44,13 @@ class DatasetInfo:
             raise ValueError("retrieval is defined for image and text only.")
 
 
+def normalize_images(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 ``[B, S, S, 3]`` -> float ``[B, 3, S, S]`` holding ``(x / 255 - mean) / std``."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return images.permute(0, 3, 1, 2).float() * (1.0 / (255.0 * s)) - m / s
+
+
 class MultimodalDataset(torch.utils.data.Dataset):
     """A dataset that can hand out a batch for any list of indices.
 
@@ -95,9 +102,6 @@ class TensorMultimodalDataset(MultimodalDataset):
         self._partition_labels = (
             self._labels if partition_labels is None else np.asarray(partition_labels)
         )
-        mean = torch.tensor(info.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(info.image_std).view(1, 3, 1, 1)
-        self._image_scale = (1.0 / (255.0 * std), mean / std)
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -115,9 +119,8 @@ class TensorMultimodalDataset(MultimodalDataset):
         out: dict[str, Tensor] = {}
         for name in self.info.modalities:
             x = self.arrays[name].index_select(0, idx)
-            if name == "image":  # uint8 [B, S, S, 3] -> normalised float [B, 3, S, S]
-                scale, shift = self._image_scale
-                x = x.permute(0, 3, 1, 2).float() * scale - shift
+            if name == "image":
+                x = normalize_images(x, self.info.image_mean, self.info.image_std)
             elif name == "audio":
                 x = x.float()
             out[name] = x

@@ -21,6 +21,7 @@ jitter and object size variation. Generation is deterministic from ``data-seed``
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 
 from mpsl_flwr.data.audio import SAMPLE_RATE, fbank, frames_for_seconds
 from mpsl_flwr.data.base import DatasetInfo, TensorMultimodalDataset
+from mpsl_flwr.data.images import normalization
 from mpsl_flwr.data.text import tokenize
 
 COLORS = {
@@ -79,6 +81,7 @@ VQA_CLASSES = tuple(COLORS) + SHAPES
 TASKS = ("synthetic-vqa", "synthetic-va", "synthetic-at", "synthetic-retrieval")
 _DEFAULT_TEXT_LENGTH = {"synthetic-vqa": 16, "synthetic-at": 12, "synthetic-retrieval": 32}
 DEFAULT_IMAGE_SIZE = 64
+DEFAULT_IMAGE_NORM = "inception"  # 0.5/0.5, as the images are drawn, not photographed
 AUDIO_SECONDS = 0.48
 
 
@@ -94,10 +97,23 @@ class SyntheticSpec:
     image_size: int = DEFAULT_IMAGE_SIZE
     audio_frames: int = 0
     text_length: int = 0
+    image_norm: str = DEFAULT_IMAGE_NORM
 
 
-def info_for(task: str, image_size: int = 0, audio_frames: int = 0, text_length: int = 0):
+def info_for(
+    task: str,
+    image_size: int = 0,
+    audio_frames: int = 0,
+    text_length: int = 0,
+    image_norm: str = DEFAULT_IMAGE_NORM,
+) -> DatasetInfo:
     """The :class:`DatasetInfo` of a built-in task (0 = the task's default size)."""
+    mean, std = normalization(image_norm, DEFAULT_IMAGE_NORM)
+    info = _info(task, image_size, audio_frames, text_length)
+    return dataclasses.replace(info, image_mean=mean, image_std=std)
+
+
+def _info(task: str, image_size: int, audio_frames: int, text_length: int) -> DatasetInfo:
     if task not in TASKS:
         raise ValueError(f"unknown built-in dataset '{task}'; choose one of {TASKS}.")
     image_size = image_size or DEFAULT_IMAGE_SIZE
@@ -140,7 +156,9 @@ def info_for(task: str, image_size: int = 0, audio_frames: int = 0, text_length:
 
 def generate(spec: SyntheticSpec) -> TensorMultimodalDataset:
     """Generate one split of a built-in task."""
-    info = info_for(spec.task, spec.image_size, spec.audio_frames, spec.text_length)
+    info = info_for(
+        spec.task, spec.image_size, spec.audio_frames, spec.text_length, spec.image_norm
+    )
     split_id = {"train": 0, "test": 1}[spec.split]
     rng = np.random.default_rng([spec.seed, TASKS.index(spec.task), split_id])
     n, d = spec.size, spec.difficulty

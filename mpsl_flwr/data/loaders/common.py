@@ -1,0 +1,202 @@
+"""What every real-dataset loader shares: its description and the parsing helpers.
+
+A loader is a :class:`DatasetSpec`: static facts (task, modalities, default sizes, the
+expected folder tree) plus a ``parse`` function that checks the layout under
+``data-dir`` and turns the official index files into one :class:`SampleTable` per
+split. Parsing reads index files only, never media, so it is fast enough to run when a
+dataset is opened; problems surface there as one :class:`DatasetError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpsl_flwr.data.base import Kind
+from mpsl_flwr.data.errors import (
+    DatasetNotFoundError,
+    layout_hint,
+    malformed,
+    require_dir,
+    require_file,
+)
+from mpsl_flwr.data.lazy import SampleTable
+
+log = logging.getLogger("mpsl_flwr")
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+CLASSES_FILE = "classes.txt"
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A dataset's class names and its train and test :class:`SampleTable`."""
+
+    class_names: tuple[str, ...]
+    train: SampleTable
+    test: SampleTable
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A real dataset: task, modalities, default input sizes, layout and parser.
+
+    ``proxy_labels(table, clusters, seed)`` gives retrieval's partition pseudo-labels.
+    """
+
+    name: str
+    kind: Kind
+    modalities: tuple[str, ...]
+    layout: str
+    parse: Callable[[Path], Parsed]
+    image_size: int = 0
+    audio_frames: int = 0
+    text_length: int = 0
+    proxy_labels: Callable[[SampleTable, int, int], np.ndarray] | None = None
+
+
+class Files:
+    """Path helpers bound to one dataset, so every error names it and shows its layout."""
+
+    def __init__(self, dataset: str, layout: str, root: Path) -> None:
+        self.dataset, self.layout, self.root = dataset, layout, root
+
+    def dir(self, *parts: str) -> Path:
+        return require_dir(self.root.joinpath(*parts), self.dataset, self.layout)
+
+    def file(self, *parts: str) -> Path:
+        return require_file(self.root.joinpath(*parts), self.dataset, self.layout)
+
+    def first_existing(self, *candidates: str) -> Path:
+        """The first of several accepted names for one file (e.g. val.csv/validate.csv)."""
+        for name in candidates:
+            if (self.root / name).is_file():
+                return self.root / name
+        return self.file(candidates[0])
+
+    def malformed(self, path: Path, problem: str) -> Exception:
+        return malformed(path, self.dataset, self.layout, problem)
+
+    def missing(self, what: str) -> DatasetNotFoundError:
+        return DatasetNotFoundError(
+            f"{self.dataset}: {what}.\n{layout_hint(self.dataset, self.layout)}"
+        )
+
+    def lines(self, path: Path) -> list[str]:
+        """Non-empty lines of a UTF-8 text file, stripped."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise self.malformed(path, f"not UTF-8 text ({err.reason})") from err
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def csv_rows(self, path: Path, columns: Iterable[str]) -> list[dict[str, str]]:
+        """Rows of a CSV file with a header that has at least ``columns``."""
+        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise self.malformed(
+                    path, f"its header lacks column(s) {missing}; found {header[:12]}"
+                )
+            try:
+                return list(reader)
+            except csv.Error as err:
+                raise self.malformed(path, f"CSV parse error: {err}") from err
+
+    def json(self, path: Path) -> Any:
+        try:
+            with path.open(encoding="utf-8") as fh:
+                return json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise self.malformed(path, f"not valid JSON ({err})") from err
+
+    def check_media(self, table: SampleTable, split: str) -> SampleTable:
+        """Fail early when ``split``'s first media file is absent: a wrong root, not one
+        missing file (those are reported by name when decoded)."""
+        if not len(table):
+            raise self.missing(f"the {split} split has no samples")
+        first = table.media[int(table.media_of[0])]
+        if not first.is_file():
+            raise self.missing(f"the {split} index lists {first}, which does not exist")
+        return table
+
+
+def scan(root: Path, *groups: tuple[str, ...]) -> tuple[dict[str, Path], ...]:
+    """For each group of suffixes, file stem -> path of every such file under ``root``.
+
+    One directory walk instead of one ``stat`` per indexed sample; with duplicate stems
+    the path that sorts first wins, so the result does not depend on walk order.
+    """
+    found: tuple[dict[str, Path], ...] = tuple({} for _ in groups)
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            stem, suffix = os.path.splitext(name)
+            if name.startswith("._"):  # macOS resource forks inside archives
+                continue
+            for suffixes, table in zip(groups, found, strict=True):
+                if suffix.lower() in suffixes:
+                    path = Path(dirpath) / name
+                    if stem not in table or str(path) < str(table[stem]):
+                        table[stem] = path
+    return found
+
+
+def class_override(files: Files) -> tuple[str, ...] | None:
+    """Class names from ``<data-dir>/classes.txt`` (one per line, in label order), if any."""
+    path = files.root / CLASSES_FILE
+    if not path.is_file():
+        return None
+    names = tuple(files.lines(path))
+    if len(set(names)) != len(names) or not names:
+        raise files.malformed(path, "class names must be unique and at least one")
+    return names
+
+
+def label_ids(names: Iterable[str], class_names: tuple[str, ...]) -> np.ndarray:
+    """Class index of each name (names must all be in ``class_names``)."""
+    index = {c: i for i, c in enumerate(class_names)}
+    return np.fromiter((index[n] for n in names), dtype=np.int64)
+
+
+def video_table(
+    videos: list[Path],
+    labels: np.ndarray,
+    audio_index: dict[str, Path] | None = None,
+    texts: tuple[str, ...] | None = None,
+) -> SampleTable:
+    """One sample per video; a same-stem WAV/FLAC file found by :func:`scan` replaces the
+    video's own audio track (users who extracted audio once decode faster)."""
+    audio = None
+    if audio_index:
+        audio = tuple(audio_index.get(v.stem) for v in videos)
+    return SampleTable(
+        labels=np.asarray(labels, dtype=np.int64),
+        media=tuple(videos),
+        media_of=np.arange(len(videos)),
+        media_kind="video",
+        texts=texts,
+        audio_files=audio,
+    )
+
+
+def report_missing(dataset: str, split: str, missing: int, total: int) -> None:
+    """Log (not fail) index entries whose clip is absent, as public copies often lack some."""
+    if missing:
+        log.warning(
+            "%s: %d of %d %s clips listed in the index are missing and were skipped.",
+            dataset,
+            missing,
+            total,
+            split,
+        )

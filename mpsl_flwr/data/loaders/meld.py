@@ -1,0 +1,80 @@
+"""MELD (Poria et al., 2019): an utterance's audio + its transcript, 7 emotions.
+
+The official ``MELD.Raw`` release has one CSV per split (``Utterance``, ``Emotion``,
+``Dialogue_ID``, ``Utterance_ID``, ...) and one mp4 per utterance named
+``dia<D>_utt<U>.mp4``. The audio is the clip's own track (or a same-named WAV/FLAC
+file next to it). The transcripts contain mis-decoded characters (``â€™``); CLIP's
+tokenizer repairs those (ftfy). Train is ``train``, test is ``test``; ``dev`` is not
+used. A few listed clips are absent from the official archives; they are skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mpsl_flwr.data.loaders.common import (
+    AUDIO_SUFFIXES,
+    VIDEO_SUFFIXES,
+    DatasetSpec,
+    Files,
+    Parsed,
+    report_missing,
+    scan,
+    video_table,
+)
+
+NAME = "meld"
+LAYOUT = """
+<data-dir>/
+  train_sent_emo.csv
+  test_sent_emo.csv
+  train_splits/dia<D>_utt<U>.mp4
+  output_repeated_splits_test/dia<D>_utt<U>.mp4
+"""
+EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+COLUMNS = ("Utterance", "Emotion", "Dialogue_ID", "Utterance_ID")
+SPLITS = {
+    "train": ("train_sent_emo.csv", "train_splits"),
+    "test": ("test_sent_emo.csv", "output_repeated_splits_test"),
+}
+
+
+def parse(root: Path) -> Parsed:
+    files = Files(NAME, LAYOUT, root)
+    tables = {}
+    for split, (csv_name, folder) in SPLITS.items():
+        csv_path = files.file(csv_name)
+        clips_dir = files.dir(folder)
+        rows = files.csv_rows(csv_path, COLUMNS)
+        emotions = {r["Emotion"].strip().lower() for r in rows}
+        if not emotions <= set(EMOTIONS):
+            raise files.malformed(csv_path, f"unknown emotions {sorted(emotions - set(EMOTIONS))}")
+        clips, audio = scan(clips_dir, VIDEO_SUFFIXES, AUDIO_SUFFIXES)
+        names = [f"dia{r['Dialogue_ID'].strip()}_utt{r['Utterance_ID'].strip()}" for r in rows]
+        present = [(n, r) for n, r in zip(names, rows, strict=True) if n in clips]
+        report_missing(NAME, split, len(rows) - len(present), len(rows))
+        if not present:
+            raise files.missing(f"none of the {len(rows)} {split} clips is under {clips_dir}")
+        labels = np.array(
+            [EMOTIONS.index(r["Emotion"].strip().lower()) for _, r in present], dtype=np.int64
+        )
+        tables[split] = video_table(
+            [clips[n] for n, _ in present],
+            labels,
+            audio,
+            texts=tuple(" ".join(r["Utterance"].split()) for _, r in present),
+        )
+    return Parsed(EMOTIONS, tables["train"], tables["test"])
+
+
+SPEC = DatasetSpec(
+    NAME,
+    "classification",
+    ("audio", "text"),
+    LAYOUT,
+    parse,
+    audio_frames=512,
+    text_length=40,
+)
