@@ -17,12 +17,12 @@ from typing import Any
 
 from flwr.app import MetricRecord
 from flwr.serverapp.strategy import Result
-from tqdm import tqdm
 
 from mpsl_flwr.data.partition import batch_indices, client_seed
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel
 from mpsl_flwr.optim import make_optimizer, make_scheduler
+from mpsl_flwr.progress import progress
 from mpsl_flwr.state import model_arrays
 from mpsl_flwr.trainer import train_step
 
@@ -53,14 +53,7 @@ class Centralized:
         for epoch in range(cfg.epochs):
             t0 = time.time()
             loss_sum, correct, seen = 0.0, 0, 0
-            bar = tqdm(
-                range(steps),
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                unit="step",
-                disable=not cfg.progress,
-                mininterval=2.0,
-                ascii=True,
-            )
+            bar = progress(range(steps), f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress)
             for step in bar:
                 rows = batch_indices(n, epoch, shuffle_seed, step * cfg.batch_size, cfg.batch_size)
                 batch = {k: v.to(device) for k, v in train.batch(rows).items()}

@@ -37,7 +37,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-from tqdm import tqdm
 
 from mpsl_flwr import protocol as P
 from mpsl_flwr.config import RunConfig
@@ -45,6 +44,7 @@ from mpsl_flwr.models.head import ClientHead
 from mpsl_flwr.models.server import ServerModel
 from mpsl_flwr.models.split_model import ModelSpec, load_trainable_state, trainable_state
 from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
+from mpsl_flwr.progress import progress
 from mpsl_flwr.split_server import SplitServer
 from mpsl_flwr.state import from_array_record, model_arrays, to_array_record
 
@@ -259,13 +259,8 @@ class MPSL:
         pending: dict[int, tuple[P.BatchPlan, dict[str, torch.Tensor]]] = {}
         stats = EpochStats()
         self._seen = {cid: 0 for cid in self.clients}
-        bar = tqdm(
-            range(steps),
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-            unit="step",
-            disable=not self.cfg.progress,
-            mininterval=2.0,
-            ascii=True,
+        bar = progress(
+            range(steps), f"epoch {epoch + 1}/{self.cfg.epochs}", enabled=self.cfg.progress
         )
         for step in bar:
             plans = {

@@ -3,11 +3,11 @@
 Four tasks, one per modality pair, each built so that the answer needs *both* inputs:
 
 ``synthetic-vqa`` (image + text, 10 classes)
-    The image shows four coloured shapes, one per quadrant. The question asks for the
-    colour or the shape of the object at one quadrant, in varied wording.
+    The image shows two coloured shapes, one in each half. The question asks for the
+    colour or the shape of the left or the right one, in varied wording.
 ``synthetic-va`` (image + audio, 10 classes)
-    The same images. A tone's pitch names the quadrant; one beep asks for the colour,
-    two beeps ask for the shape.
+    The same images. A low tone asks about the left object, a high tone about the right
+    one; one beep asks for the colour, two beeps for the shape.
 ``synthetic-at`` (audio + text, 8 classes)
     Three tones in a row, each one of eight pitches; the question asks for the pitch of
     the first, second or third tone.
@@ -41,6 +41,11 @@ COLORS = {
     "cyan": (0.1, 0.9, 0.9),
 }
 SHAPES = ("square", "circle", "triangle", "cross")
+SIDES = ("left", "right")
+SIDE_WORDS = {
+    "left": ("left", "left side", "left-hand side", "left half"),
+    "right": ("right", "right side", "right-hand side", "right half"),
+}
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 POSITION_WORDS = {
     "top left": ("top left", "upper left", "top-left corner", "upper-left part"),
@@ -74,7 +79,7 @@ NOTE_QUESTIONS = (
     "name the {ord} note you hear.",
     "the {ord} beep plays which note?",
 )
-QUADRANT_PITCHES_HZ = (300.0, 700.0, 1500.0, 3200.0)
+SIDE_PITCHES_HZ = (400.0, 2000.0)
 NOTE_PITCHES_HZ = tuple(float(f) for f in np.geomspace(260.0, 4200.0, len(NOTE_NAMES)))
 VQA_CLASSES = tuple(COLORS) + SHAPES
 
@@ -166,22 +171,24 @@ def generate(spec: SyntheticSpec) -> TensorMultimodalDataset:
     partition_labels = None
 
     if spec.task in ("synthetic-vqa", "synthetic-va"):
-        colors = rng.integers(0, len(COLORS), size=(n, 4))
-        shapes = rng.integers(0, len(SHAPES), size=(n, 4))
-        arrays["image"] = _render(rng, colors, shapes, np.ones((n, 4), bool), info.image_size, d)
-        quadrant = rng.integers(0, 4, size=n)
+        colors = rng.integers(0, len(COLORS), size=(n, 2))
+        shapes = rng.integers(0, len(SHAPES), size=(n, 2))
+        present = np.ones((n, 2), bool)
+        arrays["image"] = _render(rng, colors, shapes, present, (1, 2), info.image_size, d)
+        side = rng.integers(0, 2, size=n)
         asks_shape = rng.random(n) < 0.5
         rows = np.arange(n)
-        labels = np.where(asks_shape, len(COLORS) + shapes[rows, quadrant], colors[rows, quadrant])
+        labels = np.where(asks_shape, len(COLORS) + shapes[rows, side], colors[rows, side])
         if spec.task == "synthetic-vqa":
             questions = [
-                _question(rng, int(q), bool(s)) for q, s in zip(quadrant, asks_shape, strict=True)
+                _question(rng, SIDE_WORDS[SIDES[q]], bool(s))
+                for q, s in zip(side, asks_shape, strict=True)
             ]
             arrays["text"] = _tokenize_checked(questions, info.text_length)
         else:
             waves = [
-                _beeps(rng, [QUADRANT_PITCHES_HZ[q]] * (2 if s else 1), d)
-                for q, s in zip(quadrant, asks_shape, strict=True)
+                _beeps(rng, [SIDE_PITCHES_HZ[q]] * (2 if s else 1), d)
+                for q, s in zip(side, asks_shape, strict=True)
             ]
             arrays["audio"] = _fbanks(waves, info.audio_frames)
     elif spec.task == "synthetic-at":
@@ -206,7 +213,9 @@ def generate(spec: SyntheticSpec) -> TensorMultimodalDataset:
             full_colors[rows, quads[:, j]] = colors[:, j]
             full_shapes[rows, quads[:, j]] = shapes[:, j]
             present[rows, quads[:, j]] = True
-        arrays["image"] = _render(rng, full_colors, full_shapes, present, info.image_size, d)
+        arrays["image"] = _render(
+            rng, full_colors, full_shapes, present, (2, 2), info.image_size, d
+        )
         captions = [_caption(rng, quads[i], colors[i], shapes[i]) for i in range(n)]
         arrays["text"] = _tokenize_checked(captions, info.text_length)
         labels = np.arange(n)
@@ -214,9 +223,9 @@ def generate(spec: SyntheticSpec) -> TensorMultimodalDataset:
     return TensorMultimodalDataset(info, arrays, labels, partition_labels)
 
 
-def _question(rng: np.random.Generator, quadrant: int, asks_shape: bool) -> str:
+def _question(rng: np.random.Generator, words: tuple[str, ...], asks_shape: bool) -> str:
     template = rng.choice(SHAPE_QUESTIONS if asks_shape else COLOR_QUESTIONS)
-    return str(template).format(pos=rng.choice(POSITION_WORDS[POSITIONS[quadrant]]))
+    return str(template).format(pos=rng.choice(words))
 
 
 def _caption(rng: np.random.Generator, quads, colors, shapes) -> str:
@@ -254,23 +263,25 @@ def _render(
     colors: np.ndarray,
     shapes: np.ndarray,
     present: np.ndarray,
+    grid: tuple[int, int],
     size: int,
     difficulty: float,
 ) -> torch.Tensor:
-    """uint8 images ``[n, size, size, 3]``: one object per present quadrant, plus noise."""
+    """uint8 images ``[n, size, size, 3]``: a ``rows x cols`` grid of cells, one object in
+    each present cell (cells numbered row by row), on a noisy grey background."""
     n = colors.shape[0]
-    half = size / 2
+    rows, cols = grid
+    cell_h, cell_w = size / rows, size / cols
     palette = np.array(list(COLORS.values()), dtype=np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     images = np.empty((n, size, size, 3), dtype=np.float32)
     images[:] = rng.uniform(0.35, 0.5, size=(n, 1, 1, 1)).astype(np.float32)
     for i in range(n):
         for q in np.flatnonzero(present[i]):
-            row, col = divmod(int(q), 2)
-            r = half * rng.uniform(0.26, 0.36 - 0.08 * difficulty)
-            slack = half / 2 - r
-            cy = (row + 0.5) * half + rng.uniform(-slack, slack)
-            cx = (col + 0.5) * half + rng.uniform(-slack, slack)
+            row, col = divmod(int(q), cols)
+            r = min(cell_h, cell_w) * rng.uniform(0.26, 0.36 - 0.08 * difficulty)
+            cy = (row + 0.5) * cell_h + rng.uniform(-1, 1) * (cell_h / 2 - r)
+            cx = (col + 0.5) * cell_w + rng.uniform(-1, 1) * (cell_w / 2 - r)
             mask = _shape_mask(SHAPES[shapes[i, q]], xx - cx, yy - cy, r)
             jitter = rng.uniform(-0.25, 0.25, 3) * difficulty
             images[i][mask] = np.clip(palette[colors[i, q]] + jitter, 0.0, 1.0)

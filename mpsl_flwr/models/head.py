@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import torch
 from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
 FUSED = "fused"
@@ -29,6 +30,14 @@ def _check_shape(name: str, x: Tensor, expected: tuple[int | None, ...], hint: s
         raise ValueError(f"{name} batch must have shape [{want}]; got {list(x.shape)}. {hint}")
 
 
+def _sincos_with_cls(grid: list[int], width: int) -> Tensor:
+    """Fixed 2D sin-cos positions (MAE) as the initial value of a learned embedding, with a
+    zero slot for the CLS token: a strong position signal from the first step, which
+    position-dependent tasks need when training from scratch."""
+    pos = build_sincos2d_pos_embed(grid, width)
+    return torch.cat([torch.zeros(1, width), pos]).unsqueeze(0)
+
+
 class ImageTokenizer(nn.Module):
     """ViT tokenizer: 16x16 patch embedding, a CLS token and learned positions."""
 
@@ -41,8 +50,7 @@ class ImageTokenizer(nn.Module):
         self.image_size = image_size
         self.patch_embed = PatchEmbed(image_size, patch_size, 3, width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, width))
-        trunc_normal_(self.pos_embed, std=0.02)
+        self.pos_embed = nn.Parameter(_sincos_with_cls(list(self.patch_embed.grid_size), width))
         nn.init.normal_(self.cls_token, std=1e-6)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -71,8 +79,7 @@ class AudioTokenizer(nn.Module):
             (frames - AUDIO_PATCH) // AUDIO_STRIDE + 1,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], width))
-        trunc_normal_(self.pos_embed, std=0.02)
+        self.pos_embed = nn.Parameter(_sincos_with_cls(list(self.grid), width))
         nn.init.normal_(self.cls_token, std=1e-6)
 
     def forward(self, fbank: Tensor) -> Tensor:
@@ -98,7 +105,8 @@ class TextTokenizer(nn.Module):
         self.length = length
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, width)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        # Unit-variance codes: frozen random embeddings must stay distinguishable after LN.
+        nn.init.normal_(self.token_embedding.weight, std=1.0)
         self.token_embedding.weight.requires_grad_(train_token_embedding)
         self.pos_embed = nn.Parameter(torch.zeros(1, length, width))
         trunc_normal_(self.pos_embed, std=0.01)

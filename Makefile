@@ -1,0 +1,32 @@
+# make run   create .venv, install, run the default MPSL simulation (NODES, RUN_CONFIG)
+# make test  same set-up, then the test suite, ruff check and ruff format --check
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NODES ?= 10
+RUN_CONFIG ?=
+FLWR_HOME ?= $(CURDIR)/.flwr-home
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	$(PY) -m mpsl_flwr.launch --nodes $(NODES) --run-config "$(RUN_CONFIG)" --flwr-home "$(FLWR_HOME)"
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) lint
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .flwr-home .pytest_cache .ruff_cache
