@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch  # noqa: F401 - Flower needs torch imported where ArrayRecords are built
 from flwr.clientapp import ClientApp
 
-from clients import mpsl
+from clients import fedavg, mpsl
 
 app = ClientApp()
 
@@ -18,3 +18,4 @@ app.train("forward")(mpsl.forward)
 app.train("loss")(mpsl.loss)
 app.train("backward")(mpsl.backward)
 app.query("head")(mpsl.query_head)
+app.train()(fedavg.train)

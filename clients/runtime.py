@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import ArrayRecord, Context, RecordDict
 
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.data.base import MultimodalDataset
@@ -24,13 +24,20 @@ from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.head import ClientHead
 from mpsl_flwr.models.split_model import (
     ModelSpec,
+    SplitModel,
     build_head,
     load_trainable_state,
     trainable_state,
 )
 from mpsl_flwr.optim import make_optimizer, resolve_device
 from mpsl_flwr.split_client import SplitClient
-from mpsl_flwr.state import load_module, load_optimizer, save_module, save_optimizer
+from mpsl_flwr.state import (
+    from_array_record,
+    load_module,
+    load_optimizer,
+    save_module,
+    save_optimizer,
+)
 
 
 def head_state_key(cid: int) -> str:
@@ -45,6 +52,19 @@ def optim_state_key(cid: int) -> str:
 def _cached_head(spec: ModelSpec) -> tuple[ClientHead, dict[str, torch.Tensor]]:
     head = build_head(spec)
     return head, {k: v.clone() for k, v in trainable_state(head).items()}
+
+
+_MODELS: dict[tuple, SplitModel] = {}
+
+
+def _cached_model(exp: Experiment) -> SplitModel:
+    """The whole model at its initial weights (pretrained ones included), once per process;
+    callers overwrite its trainable parameters with what the server sent."""
+    key = (exp.spec, exp.cfg.pretrained, exp.cfg.pretrained_format)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = SplitModel(*exp.initial_model())
+    return _MODELS[key]
 
 
 @dataclass
@@ -103,6 +123,12 @@ class NodeRuntime:
             client_seed(self.cfg.seed, cid),
             self.device,
         )
+
+    def full_model(self, arrays: ArrayRecord) -> SplitModel:
+        """The whole model with its trainable parameters set to ``arrays`` (FedAvg family)."""
+        model = _cached_model(self.exp)
+        load_trainable_state(model, from_array_record(arrays))
+        return model.to(self.device)
 
     def save(self, cid: int, state: RecordDict, client: SplitClient) -> None:
         """Persist client ``cid``'s head and optimiser into ``state``."""

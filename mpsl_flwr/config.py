@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import functools
 import shlex
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -21,9 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
-
-Strategy = Literal["mpsl", "centralized"]
+Strategy = Literal["mpsl", "fedavg", "fedclip", "centralized"]
 ModelSize = Literal["tiny", "small", "base", "large", "huge"]
 Fusion = Literal["auto", "early", "late"]
 HeadSync = Literal["push", "keep"]
@@ -33,6 +32,7 @@ Device = Literal["auto", "cpu", "cuda"]
 PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
 ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
 RetrievalPartition = Literal["iid", "dirichlet-cluster"]
+AdapterSharing = Literal["per-modality", "shared"]
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,8 @@ class RunConfig:
     pretrained_format: PretrainedFormat = "auto"
     train_token_embedding: bool = False
     temperature: float = 0.07
+    fedclip_adapter: AdapterSharing = "per-modality"
+    fedclip_train_tokenizers: bool = False
     # Optimisation
     batch_size: int = 64
     epochs: int = 6

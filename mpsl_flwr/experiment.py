@@ -22,6 +22,7 @@ from mpsl_flwr.models.server import ServerModel
 from mpsl_flwr.models.split_model import (
     ModelSpec,
     SplitModel,
+    apply_trainable,
     build_head,
     build_server,
     count_trainable,
@@ -54,7 +55,7 @@ class Experiment:
         if self.cfg.pretrained:
             report = load_pretrained(self.cfg.pretrained, self.cfg.pretrained_format, head, server)
             log.info("Loaded pretrained weights: %s", report)
-            server.encoder.set_trainable_blocks(self.spec.trainable_blocks)
+            apply_trainable(self.spec, head, server)
         return head, server
 
     def test_set(self) -> MultimodalDataset:

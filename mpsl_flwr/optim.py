@@ -36,6 +36,12 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def scheduled_lr(cfg: RunConfig, step: int, total_steps: int) -> float:
+    """The learning rate at ``step`` of ``total_steps`` (what the scheduler would give)."""
+    warmup = int(cfg.warmup_ratio * total_steps)
+    return cfg.learning_rate * lr_factor(step, total_steps, warmup, cfg.lr_schedule)
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:

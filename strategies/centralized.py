@@ -12,19 +12,18 @@ import argparse
 import logging
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
-from flwr.app import MetricRecord
+import numpy as np
 from flwr.serverapp.strategy import Result
 
-from mpsl_flwr.data.partition import batch_indices, client_seed
+from mpsl_flwr.data.partition import client_seed
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel
-from mpsl_flwr.optim import make_optimizer, make_scheduler
-from mpsl_flwr.progress import progress
+from mpsl_flwr.optim import make_optimizer, scheduled_lr
 from mpsl_flwr.state import model_arrays
-from mpsl_flwr.trainer import train_step
+from mpsl_flwr.trainer import train_epoch
+from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -37,37 +36,35 @@ class Centralized:
         self.head, self.server_model = exp.initial_model()
 
     def start(
-        self,
-        evaluate_fn: Callable[[int, Any, Any], dict[str, Any]] | None = None,
-        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        self, evaluate_fn: EvaluateFn | None = None, on_epoch_end: EpochEndFn | None = None
     ) -> Result:
+        """Train ``epochs`` passes over the pooled training split."""
         cfg, device = self.exp.cfg, self.exp.server_device
         model = SplitModel(self.head, self.server_model).to(device)
         optimizer = make_optimizer(model.parameters(), cfg)
         train = self.exp.train_set()
-        n = len(train)
-        steps = math.ceil(n / cfg.batch_size)
-        scheduler = make_scheduler(optimizer, cfg, steps * cfg.epochs)
-        shuffle_seed = client_seed(cfg.seed, 0)
+        rows = np.arange(len(train))
+        steps = math.ceil(len(rows) / cfg.batch_size)
         result = Result()
         for epoch in range(cfg.epochs):
             t0 = time.time()
-            loss_sum, correct, seen = 0.0, 0, 0
-            bar = progress(range(steps), f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress)
-            for step in bar:
-                rows = batch_indices(n, epoch, shuffle_seed, step * cfg.batch_size, cfg.batch_size)
-                batch = {k: v.to(device) for k, v in train.batch(rows).items()}
-                loss, c, b = train_step(model, batch, optimizer, self.exp.spec.kind)
-                scheduler.step()
-                loss_sum, correct, seen = loss_sum + loss * b, correct + c, seen + b
-            bar.close()
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "train-loss": loss_sum / seen,
-                "steps": steps,
-            }
+            done = train_epoch(
+                model,
+                optimizer,
+                train,
+                rows,
+                cfg.batch_size,
+                epoch,
+                client_seed(cfg.seed, 0),
+                lambda step, e=epoch: scheduled_lr(cfg, e * steps + step, cfg.epochs * steps),
+                self.exp.spec.kind,
+                device,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                show_progress=cfg.progress,
+            )
+            row: dict[str, Any] = {"epoch": epoch + 1, "train-loss": done.loss, "steps": done.steps}
             if self.exp.spec.kind == "classification":
-                row["train-accuracy"] = correct / seen
+                row["train-accuracy"] = done.accuracy
             row.update(
                 {
                     "mb-down-per-client": 0.0,
@@ -75,15 +72,7 @@ class Centralized:
                     "epoch-time-s": round(time.time() - t0, 3),
                 }
             )
-            if evaluate_fn is not None:
-                metrics = evaluate_fn(epoch + 1, self.head, self.server_model)
-                row.update(metrics)
-                result.evaluate_metrics_serverapp[epoch + 1] = MetricRecord(
-                    {k: float(v) for k, v in metrics.items()}
-                )
-            log.info("Epoch %d: %s", epoch + 1, row)
-            if on_epoch_end is not None:
-                on_epoch_end(row)
+            report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
         result.arrays = model_arrays(self.head, self.server_model)
         return result
 

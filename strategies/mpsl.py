@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,20 +46,10 @@ from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
 from mpsl_flwr.progress import progress
 from mpsl_flwr.split_server import SplitServer
 from mpsl_flwr.state import from_array_record, model_arrays, to_array_record
+from strategies.discovery import ClientInfo, client_batch_size, discover_clients, message_ttl
+from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
 
 log = logging.getLogger("mpsl_flwr")
-
-EvaluateFn = Callable[[int, ClientHead, ServerModel], dict[str, Any]]
-EpochEndFn = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class ClientInfo:
-    """A logical client as its node announced it."""
-
-    cid: int
-    node_id: int
-    num_examples: int
 
 
 @dataclass
@@ -106,70 +95,13 @@ class MPSL:
         self._synced_nodes: set[int] = set()
 
     # ------------------------------------------------------------------ setup
-    def discover(self, grid: Grid) -> dict[int, ClientInfo]:
-        """Ask every node which logical clients it serves; wait for all of them.
-
-        The run waits until every partition that the nodes announce (``num-partitions``
-        times ``clients-per-node``) has reported, or, when ``min-nodes`` is set, that
-        many nodes. Past ``node-wait-timeout`` it starts with the clients it has.
-        """
-        assert self.exchange is not None
-        deadline = time.monotonic() + self.cfg.node_wait_timeout
-        asked: set[int] = set()
-        expected: int | None = None
-        errors: list[str] = []
-        while True:
-            new_nodes = [n for n in grid.get_node_ids() if n not in asked]
-            if new_nodes:
-                contents = {n: RecordDict() for n in new_nodes}
-                replies, _ = self.exchange(
-                    P.make_messages(contents, P.QUERY_INFO, "info", self._ttl()),
-                    self.cfg.step_timeout,
-                )
-                asked.update(replies)
-                for node_id, reply in replies.items():
-                    if (err := P.reply_error(reply)) is not None:
-                        errors.append(f"node {node_id}: {err}")
-                        log.warning("Node %s failed query.info: %s", node_id, err)
-                        continue
-                    info = reply.content[P.INFO]
-                    expected = int(info["num-clients"])  # type: ignore[arg-type]
-                    for cid, n in zip(info["clients"], info["num-examples"], strict=True):  # type: ignore[arg-type]
-                        self.clients[int(cid)] = ClientInfo(int(cid), node_id, int(n))
-            nodes_ok = len({c.node_id for c in self.clients.values()})
-            if self.cfg.min_nodes and nodes_ok >= self.cfg.min_nodes:
-                break
-            if not self.cfg.min_nodes and expected is not None and len(self.clients) >= expected:
-                break
-            if time.monotonic() > deadline:
-                if not self.clients:
-                    detail = "; ".join(errors) or "no node registered"
-                    raise RuntimeError(
-                        f"No client answered within node-wait-timeout "
-                        f"({self.cfg.node_wait_timeout:.0f}s): {detail}"
-                    )
-                log.warning(
-                    "Starting with %d of %s clients after node-wait-timeout.",
-                    len(self.clients),
-                    expected,
-                )
-                break
-            time.sleep(0.2)
-        log.info(
-            "MPSL: %d clients on %d nodes, %d training samples in all",
-            len(self.clients),
-            len({c.node_id for c in self.clients.values()}),
-            sum(c.num_examples for c in self.clients.values()),
-        )
-        return self.clients
-
     def _ttl(self) -> float:
-        return max(60.0, 3 * self.cfg.step_timeout)
+        return message_ttl(self.cfg)
 
     def client_batch_size(self) -> int:
         """``b_n = ceil(B / N)`` over the N clients that hold data."""
         active = [c for c in self.clients.values() if c.num_examples > 0]
-        return math.ceil(self.cfg.batch_size / max(1, len(active)))
+        return client_batch_size(self.cfg.batch_size, len(active))
 
     def steps_per_epoch(self) -> int:
         """Steps until the largest partition is exhausted."""
@@ -184,8 +116,10 @@ class MPSL:
         on_epoch_end: EpochEndFn | None = None,
     ) -> Result:
         """Run ``epochs`` epochs; return the final arrays (head + server) and metrics."""
+        grid = P.MeteredGrid(grid)
+        self.meter = grid.meter
         self.exchange = P.Exchange(grid)
-        self.discover(grid)
+        self.clients = discover_clients(grid, self.exchange, self.cfg)
         steps = self.steps_per_epoch()
         if steps == 0:
             raise RuntimeError("No client holds any training data.")
@@ -205,7 +139,7 @@ class MPSL:
         )
         for epoch in range(self.cfg.epochs):
             t0 = time.time()
-            sent0, recv0 = self.exchange.meter.snapshot()
+            traffic0 = self.meter.totals()
             stats = self.train_epoch(grid, epoch, steps)
             seen = self.aggregate_heads(epoch)
             if self.cfg.head_sync == "push":
@@ -222,34 +156,11 @@ class MPSL:
             }
             if self.spec.kind == "classification":
                 row["train-accuracy"] = stats.correct / max(1, stats.samples)
-            row.update(self._traffic_row(sent0, recv0))
+            row.update(self.meter.mb_per_client(traffic0, len(self.clients)))
             row["epoch-time-s"] = round(time.time() - t0, 3)
-            if evaluate_fn is not None:
-                metrics = evaluate_fn(epoch + 1, self.head, self.server_model)
-                row.update(metrics)
-                result.evaluate_metrics_serverapp[epoch + 1] = MetricRecord(
-                    {k: float(v) for k, v in metrics.items()}
-                )
-            result.train_metrics_clientapp[epoch + 1] = MetricRecord(
-                {"train-loss": float(row["train-loss"])}
-            )
-            log.info("Epoch %d: %s", epoch + 1, _fmt(row))
-            if on_epoch_end is not None:
-                on_epoch_end(row)
+            report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
         result.arrays = model_arrays(self.head, self.server_model)
         return result
-
-    def _traffic_row(self, sent0: dict[int, int], recv0: dict[int, int]) -> dict[str, float]:
-        """MB per client this epoch: down = server to client, up = client to server."""
-        assert self.exchange is not None
-        sent, recv = self.exchange.meter.snapshot()
-        n = max(1, len(self.clients))
-        down = sum(sent.values()) - sum(sent0.values())
-        up = sum(recv.values()) - sum(recv0.values())
-        return {
-            "mb-down-per-client": down / n / 1e6,
-            "mb-up-per-client": up / n / 1e6,
-        }
 
     # ------------------------------------------------------------------ epoch
     def train_epoch(self, grid: Grid, epoch: int, steps: int) -> EpochStats:
@@ -506,7 +417,3 @@ class MPSL:
         else:
             log.warning("No client head reached the server after epoch %d.", epoch + 1)
         return trained
-
-
-def _fmt(row: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())

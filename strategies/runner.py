@@ -82,10 +82,33 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
         mpsl = MPSL(cfg, exp.spec, head, server)
         recorder.update(**exp.parameter_counts(head, server))
         mpsl.start(grid, evaluate, _with_clients(recorder, mpsl))
+    elif cfg.strategy in ("fedavg", "fedclip"):
+        from flwr.serverapp.strategy import FedAvg
+
+        from strategies.fedavg import FederatedAveraging
+        from strategies.fedclip import FedCLIP
+
+        if grid is None:
+            raise ValueError(
+                f"strategy={cfg.strategy} needs a Flower grid: run it with `flwr run`."
+            )
+        runner = FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg)
+        recorder.update(**_client_side_counts(exp, runner.head, runner.server_model))
+        runner.start(grid, evaluate, _with_clients(recorder, runner))
     else:  # pragma: no cover - RunConfig validates the choices
         raise ValueError(f"unknown strategy {cfg.strategy!r}")
     last = recorder.history[-1] if recorder.history else {}
     return {k: v for k, v in last.items() if k.startswith("test-")}
+
+
+def _client_side_counts(exp: Experiment, head, server) -> dict[str, int]:
+    """FedAvg family: the client trains (and sends) everything that is trainable."""
+    counts = exp.parameter_counts(head, server)
+    return {
+        "client-trainable-params": counts["client-trainable-params"]
+        + counts["server-trainable-params"],
+        "server-trainable-params": 0,
+    }
 
 
 def _with_clients(recorder: RunRecorder, mpsl) -> Any:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from mpsl_flwr.config import RunConfig, resolve_config
 from mpsl_flwr.data.registry import dataset_info, partition_scheme, partitioner

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -79,7 +80,8 @@ class RetrievalTail(nn.Module):
         self.proj = nn.ModuleDict({m: nn.Linear(width, embed_dim, bias=False) for m in pair})
         for proj in self.proj.values():
             nn.init.trunc_normal_(proj.weight, std=width**-0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(float(-torch.log(torch.tensor(temperature)))))
+        # Shape [1], not a scalar: Flower's array aggregation returns 0-d arrays as [1].
+        self.logit_scale = nn.Parameter(torch.tensor([-math.log(temperature)]))
 
     def forward(self, readouts: Mapping[str, Tensor]) -> Tensor:
         return torch.stack(
@@ -90,15 +92,28 @@ class RetrievalTail(nn.Module):
 class ServerModel(nn.Module):
     """``W_b`` and ``W_t``: encodes the cut-layer streams once and applies the task head."""
 
-    def __init__(self, encoder: Encoder, tail: nn.Module, streams: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        tail: nn.Module,
+        streams: tuple[str, ...],
+        adapters: nn.ModuleDict | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.tail = tail
         self.streams = streams
+        # FedCLIP: one adapter per stream, or one under the key "shared".
+        self.adapters = adapters
 
     def forward(self, activations: Mapping[str, Tensor]) -> Tensor:
         missing = [s for s in self.streams if s not in activations]
         if missing:
             raise KeyError(f"activations lack stream(s) {missing}; expected {self.streams}.")
         readouts = {s: readout(self.encoder(activations[s]), s) for s in self.streams}
+        if self.adapters is not None:
+            readouts = {
+                s: self.adapters[s if s in self.adapters else "shared"](r)
+                for s, r in readouts.items()
+            }
         return self.tail(readouts)

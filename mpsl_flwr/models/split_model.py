@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.data.base import DatasetInfo
 from mpsl_flwr.data.text import VOCAB_SIZE
+from mpsl_flwr.models.adapter import AttentionAdapter
 from mpsl_flwr.models.head import AudioTokenizer, ClientHead, ImageTokenizer, TextTokenizer
 from mpsl_flwr.models.server import ClassificationTail, Encoder, RetrievalTail, ServerModel
 from mpsl_flwr.models.sizes import ENCODER_SIZES
@@ -40,6 +41,8 @@ class ModelSpec:
     train_token_embedding: bool
     temperature: float
     seed: int
+    adapter: str = "none"
+    train_head: bool = True
 
     @classmethod
     def from_config(cls, cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
@@ -51,6 +54,7 @@ class ModelSpec:
             raise ValueError(
                 "Retrieval embeds image and text separately: use fusion=late (or auto)."
             )
+        fedclip = cfg.strategy == "fedclip"
         return cls(
             modalities=info.modalities,
             kind=info.kind,
@@ -58,7 +62,7 @@ class ModelSpec:
             width=size.width,
             depth=cfg.depth,
             heads=size.heads,
-            trainable_blocks=cfg.trainable_blocks,
+            trainable_blocks=0 if fedclip else cfg.trainable_blocks,
             early_fusion=fusion == "early",
             image_size=info.image_size,
             audio_frames=info.audio_frames,
@@ -66,6 +70,8 @@ class ModelSpec:
             train_token_embedding=cfg.train_token_embedding,
             temperature=cfg.temperature,
             seed=cfg.seed,
+            adapter=cfg.fedclip_adapter if fedclip else "none",
+            train_head=cfg.fedclip_train_tokenizers if fedclip else True,
         )
 
 
@@ -83,7 +89,9 @@ def build_head(spec: ModelSpec) -> ClientHead:
                 tokenizers[m] = TextTokenizer(
                     spec.width, VOCAB_SIZE, spec.text_length, spec.train_token_embedding
                 )
-        return ClientHead(tokenizers, spec.width, spec.early_fusion)
+        head = ClientHead(tokenizers, spec.width, spec.early_fusion)
+    apply_trainable(spec, head=head)
+    return head
 
 
 def build_server(spec: ModelSpec) -> ServerModel:
@@ -91,14 +99,34 @@ def build_server(spec: ModelSpec) -> ServerModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed + 1)
         encoder = Encoder(spec.width, spec.depth, spec.heads)
-        encoder.set_trainable_blocks(spec.trainable_blocks)
         if spec.kind == "retrieval":
             pair = ("image", "text")
             tail: nn.Module = RetrievalTail(spec.width, RETRIEVAL_EMBED_DIM, pair, spec.temperature)
         else:
             tail = ClassificationTail(spec.width, spec.num_classes)
-    streams = ("fused",) if spec.early_fusion else spec.modalities
-    return ServerModel(encoder, tail, streams)
+        streams = ("fused",) if spec.early_fusion else spec.modalities
+        adapters = None
+        if spec.adapter != "none":
+            keys = ("shared",) if spec.adapter == "shared" else streams
+            adapters = nn.ModuleDict({k: AttentionAdapter(spec.width) for k in keys})
+    server = ServerModel(encoder, tail, streams, adapters)
+    apply_trainable(spec, server=server)
+    return server
+
+
+def apply_trainable(
+    spec: ModelSpec, head: ClientHead | None = None, server: ServerModel | None = None
+) -> None:
+    """Set ``requires_grad`` by the spec: the last ``k`` blocks, tail and adapters always,
+    the head's tokenizers unless frozen (FedCLIP), the token table only if asked."""
+    if head is not None:
+        head.requires_grad_(spec.train_head)
+        if "text" in head.tokenizers:
+            head.tokenizers["text"].token_embedding.weight.requires_grad_(
+                spec.train_head and spec.train_token_embedding
+            )
+    if server is not None:
+        server.encoder.set_trainable_blocks(spec.trainable_blocks)
 
 
 class SplitModel(nn.Module):

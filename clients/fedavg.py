@@ -1,0 +1,78 @@
+"""ClientApp handler of the FedAvg family (stock FedAvg and FedCLIP).
+
+One ``train`` message is one round: each logical client on this node starts from the
+global trainable arrays, trains one local epoch on its partition with mini-batches of
+``ceil(B / N)`` in the seeded order, keeping its own AdamW state across rounds in
+``context.state``, and the node replies with the sample-weighted average of its
+clients' arrays (for one client per node: exactly that client's arrays), which keeps
+FedAvg over nodes equal to FedAvg over logical clients.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from clients.runtime import NodeRuntime
+from mpsl_flwr.data.partition import client_seed, steps_per_epoch
+from mpsl_flwr.models.split_model import trainable_state
+from mpsl_flwr.optim import make_optimizer, scheduled_lr
+from mpsl_flwr.state import load_optimizer, save_optimizer, to_array_record
+from mpsl_flwr.trainer import train_epoch
+from strategies.discovery import client_batch_size
+
+
+def local_optim_key(cid: int) -> str:
+    return f"local-optim.{cid}"
+
+
+def train(msg: Message, context: Context) -> Message:
+    """One local epoch per logical client; reply with the averaged trainable arrays."""
+    rt = NodeRuntime.from_context(context)
+    cfg = rt.cfg
+    global_arrays = msg.content["arrays"]
+    server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+    b = client_batch_size(cfg.batch_size, rt.num_clients)
+    records, loss_sum, correct, seen = [], 0.0, 0, 0
+    for cid in rt.client_ids:
+        rows = rt.partition(cid)
+        model = rt.full_model(global_arrays)
+        optimizer = make_optimizer(model.parameters(), cfg)
+        load_optimizer(context.state, local_optim_key(cid), optimizer)
+        steps = steps_per_epoch(len(rows), b)
+        total = steps * cfg.epochs
+        done = train_epoch(
+            model,
+            optimizer,
+            rt.train_set(),
+            rows,
+            b,
+            server_round - 1,
+            client_seed(cfg.seed, cid),
+            lambda step, r=server_round, s=steps, t=total: scheduled_lr(cfg, (r - 1) * s + step, t),
+            rt.exp.spec.kind,
+            rt.device,
+        )
+        save_optimizer(context.state, local_optim_key(cid), optimizer)
+        if done.samples:
+            records.append(
+                RecordDict(
+                    {
+                        "arrays": to_array_record(trainable_state(model)),
+                        "metrics": MetricRecord({"num-examples": done.samples}),
+                    }
+                )
+            )
+        loss_sum += done.loss_sum
+        correct += done.correct
+        seen += done.samples
+    # No data on this node: the global arrays go back with weight zero.
+    arrays = aggregate_arrayrecords(records, "num-examples") if records else global_arrays
+    metrics = MetricRecord(
+        {
+            "num-examples": seen,
+            "train-loss": loss_sum / max(1, seen),
+            "train-accuracy": correct / max(1, seen),
+        }
+    )
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

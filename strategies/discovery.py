@@ -1,0 +1,96 @@
+"""Find the logical clients of a federation before training starts.
+
+Every strategy first asks each node (``query.info``) which logical clients it serves and
+how many training samples each holds. The ServerApp may start before every virtual or
+real SuperNode has registered, so this waits for all the partitions the nodes announce.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from flwr.app import RecordDict
+from flwr.serverapp import Grid
+
+from mpsl_flwr import protocol as P
+from mpsl_flwr.config import RunConfig
+
+log = logging.getLogger("mpsl_flwr")
+
+
+@dataclass
+class ClientInfo:
+    """A logical client as its node announced it."""
+
+    cid: int
+    node_id: int
+    num_examples: int
+
+
+def message_ttl(cfg: RunConfig) -> float:
+    """Lifetime of a message: long enough to outlive a slow step, short enough to expire."""
+    return max(60.0, 3 * cfg.step_timeout)
+
+
+def discover_clients(grid: Grid, exchange: P.Exchange, cfg: RunConfig) -> dict[int, ClientInfo]:
+    """Ask every node which logical clients it serves; wait for all of them.
+
+    Waits until every partition that the nodes announce (``num-partitions`` times
+    ``clients-per-node``) has reported or, when ``min-nodes`` is set, that many nodes
+    have. Past ``node-wait-timeout`` it goes on with the clients it has (an error if none).
+    """
+    deadline = time.monotonic() + cfg.node_wait_timeout
+    clients: dict[int, ClientInfo] = {}
+    asked: set[int] = set()
+    expected: int | None = None
+    errors: list[str] = []
+    while True:
+        new_nodes = [n for n in grid.get_node_ids() if n not in asked]
+        if new_nodes:
+            contents = {n: RecordDict() for n in new_nodes}
+            replies, _ = exchange(
+                P.make_messages(contents, P.QUERY_INFO, "info", message_ttl(cfg)),
+                cfg.step_timeout,
+            )
+            asked.update(replies)
+            for node_id, reply in replies.items():
+                if (err := P.reply_error(reply)) is not None:
+                    errors.append(f"node {node_id}: {err}")
+                    log.warning("Node %s failed query.info: %s", node_id, err)
+                    continue
+                info = reply.content[P.INFO]
+                expected = int(info["num-clients"])  # type: ignore[arg-type]
+                for cid, n in zip(info["clients"], info["num-examples"], strict=True):  # type: ignore[arg-type]
+                    clients[int(cid)] = ClientInfo(int(cid), node_id, int(n))
+        nodes_ok = len({c.node_id for c in clients.values()})
+        if cfg.min_nodes and nodes_ok >= cfg.min_nodes:
+            break
+        if not cfg.min_nodes and expected is not None and len(clients) >= expected:
+            break
+        if time.monotonic() > deadline:
+            if not clients:
+                detail = "; ".join(errors) or "no node registered"
+                raise RuntimeError(
+                    f"No client answered within node-wait-timeout "
+                    f"({cfg.node_wait_timeout:.0f}s): {detail}"
+                )
+            log.warning(
+                "Starting with %d of %s clients after node-wait-timeout.", len(clients), expected
+            )
+            break
+        time.sleep(0.2)
+    log.info(
+        "%d clients on %d nodes, %d training samples in all",
+        len(clients),
+        len({c.node_id for c in clients.values()}),
+        sum(c.num_examples for c in clients.values()),
+    )
+    return clients
+
+
+def client_batch_size(batch_size: int, num_clients: int) -> int:
+    """``b_n = ceil(B / N)``: each of N clients' share of the global batch B."""
+    return math.ceil(batch_size / max(1, num_clients))
