@@ -71,7 +71,14 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
         from strategies.centralized import Centralized
 
         strategy = Centralized(exp)
-        recorder.update(num_clients=1, **exp.parameter_counts(strategy.head, strategy.server_model))
+        counts = exp.parameter_counts(strategy.head, strategy.server_model)
+        recorder.update(
+            **{
+                "num-clients": 1,
+                "client-trainable-params": 0,
+                "server-trainable-params": sum(counts.values()),
+            }
+        )
         strategy.start(evaluate, recorder.log_epoch)
     elif cfg.strategy == "mpsl":
         from strategies.mpsl import MPSL

@@ -1,0 +1,246 @@
+"""Compare strategies on one task, partition and seed set, like the paper's Tables 1-2.
+
+    mpsl-compare --strategies mpsl,fedavg,fedclip,centralized --seeds 0,1,2 --nodes 10 \\
+        --run-config "dataset=synthetic-vqa epochs=4" --out outputs/compare
+
+Every federated strategy runs as a real ``flwr run`` simulation on one private
+SuperLink (see :mod:`mpsl_flwr.launch`); centralized training runs in this process
+through the same entry point and writes the same files. The command writes to ``--out``:
+
+* ``table.md`` and ``table.csv``: per strategy, mean ± std over seeds of the final test
+  metric, client trainable parameters, client GFLOPs per sample (measured,
+  :mod:`mpsl_flwr.costs`), MB per client per epoch (measured on the messages), and the
+  rounds needed to reach 95% of the run's peak;
+* ``curves.png``: test metric against epoch/round, mean over seeds with a ±std band;
+* ``comparison.json``: all of it, plus where each run's own files are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
+from mpsl_flwr.costs import measure
+from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.launch import PROJECT_DIR, flwr_run, local_superlink
+
+STRATEGIES = ("mpsl", "fedavg", "fedclip", "centralized")
+
+
+def headline_metric(kind: str) -> str:
+    """The metric a table reports: test accuracy, or the recall sum for retrieval."""
+    return "test-rsum" if kind == "retrieval" else "test-accuracy"
+
+
+def rounds_to_fraction_of_peak(curve: list[float], fraction: float = 0.95) -> int:
+    """First epoch/round (1-based) at which ``curve`` reaches ``fraction`` of its peak."""
+    peak = max(curve)
+    return next(i + 1 for i, v in enumerate(curve) if v >= fraction * peak)
+
+
+def run_all(
+    strategies: list[str],
+    seeds: list[int],
+    nodes: int,
+    overrides: dict[str, Any],
+    out: Path,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """Run every (strategy, seed); return one record per run (failed ones included)."""
+    runs_dir = out / "runs"
+    records = []
+    with local_superlink(out / "flwr-home") as link:
+        for seed in seeds:
+            for strategy in strategies:
+                values = {
+                    **overrides,
+                    "strategy": strategy,
+                    "seed": seed,
+                    "output-dir": str(runs_dir),
+                    "run-name": f"{strategy}-s{seed}",
+                }
+                print(f"\n=== {strategy}, seed {seed} ===", flush=True)
+                t0 = time.time()
+                try:
+                    if strategy == "centralized":
+                        from strategies.runner import run_experiment
+
+                        run_dir = run_experiment(RunConfig.from_mapping(values), grid=None)
+                        status = "finished:completed"
+                    else:
+                        outcome = flwr_run(link, values, nodes, timeout=timeout, stream=False)
+                        run_dir, status = outcome.run_dir, outcome.status
+                except Exception as err:
+                    run_dir, status = runs_dir / values["run-name"], f"error: {err}"
+                records.append(
+                    {
+                        "strategy": strategy,
+                        "seed": seed,
+                        "status": status,
+                        "run-dir": str(run_dir),
+                        "wall-time-s": round(time.time() - t0, 1),
+                    }
+                )
+                print(f"    {status} in {records[-1]['wall-time-s']}s: {run_dir}", flush=True)
+    return records
+
+
+def summarise(
+    records: list[dict[str, Any]], overrides: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[float]]]]:
+    """Table rows (one per strategy) and the per-seed curves behind the plot."""
+    rows, curves = [], {}
+    for strategy in dict.fromkeys(r["strategy"] for r in records):
+        done = [
+            r for r in records if r["strategy"] == strategy and r["status"].endswith("completed")
+        ]
+        if not done:
+            rows.append({"strategy": strategy, "runs": 0})
+            continue
+        summaries = [json.loads((Path(r["run-dir"]) / "summary.json").read_text()) for r in done]
+        cfg = resolve_config({**overrides, "strategy": strategy})
+        exp = Experiment.from_config(cfg)
+        metric = headline_metric(exp.info.kind)
+        per_seed = [[h[metric] for h in s["history"]] for s in summaries]
+        curves[strategy] = {"metric": metric, "curves": per_seed}
+        finals = [c[-1] for c in per_seed]
+        mb = [
+            np.mean([h["mb-up-per-client"] + h["mb-down-per-client"] for h in s["history"]])
+            for s in summaries
+        ]
+        cost = measure(exp)
+        rows.append(
+            {
+                "strategy": strategy,
+                "runs": len(done),
+                "metric": metric,
+                "final-mean": float(np.mean(finals)),
+                "final-std": float(np.std(finals)),
+                "client-trainable-params": int(summaries[0].get("client-trainable-params", 0)),
+                "client-gflops-per-sample": cost.client_gflops_fwd_bwd,
+                "mb-per-client-per-epoch": float(np.mean(mb)),
+                "rounds-to-95pct-peak": float(
+                    np.mean([rounds_to_fraction_of_peak(c) for c in per_seed])
+                ),
+                "wall-time-s": float(np.mean([r["wall-time-s"] for r in done])),
+            }
+        )
+    return rows, curves
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> str:
+    """``table.md`` and ``table.csv``; returns the Markdown."""
+    header = (
+        "| strategy | runs | final test metric (mean ± std) | client trainable params | "
+        "client GFLOPs / sample | MB / client / epoch | rounds to 95% of peak |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r["runs"]:
+            lines.append(f"| {r['strategy']} | 0 | failed | | | | |")
+            continue
+        lines.append(
+            f"| {r['strategy']} | {r['runs']} | {r['final-mean']:.4f} ± {r['final-std']:.4f} "
+            f"({r['metric']}) | {r['client-trainable-params'] / 1e6:.3f} M | "
+            f"{r['client-gflops-per-sample']:.4f} | {r['mb-per-client-per-epoch']:.2f} | "
+            f"{r['rounds-to-95pct-peak']:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    keys = sorted(
+        {k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99
+    )
+    with (out / "table.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return text
+
+
+def plot_curves(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """Test metric against epoch/round for every strategy (mean over seeds, ±std band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    metric = ""
+    for strategy, data in curves.items():
+        metric = data["metric"]
+        length = min(len(c) for c in data["curves"])
+        values = np.array([c[:length] for c in data["curves"]])
+        x = np.arange(1, length + 1)
+        mean, std = values.mean(0), values.std(0)
+        ax.plot(x, mean, marker="o", label=strategy)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("epoch / round")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mpsl-compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--run-config", default="", help="'key=value ...' shared by all runs")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
+    args = parser.parse_args(argv)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    overrides = parse_overrides([args.run_config]) if args.run_config else {}
+    base = resolve_config(overrides, PROJECT_DIR)  # fail fast on a bad key
+    out = (
+        args.out
+        or PROJECT_DIR / "outputs" / f"compare-{base.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    records = run_all(strategies, seeds, args.nodes, overrides, out, args.timeout)
+    rows, curves = summarise(records, overrides)
+    table = write_table(rows, out)
+    title = (
+        f"{base.dataset}, {args.nodes} clients, alpha={base.dirichlet_alpha}, seeds {args.seeds}"
+    )
+    if curves:
+        plot_curves(curves, out / "curves.png", title)
+    (out / "comparison.json").write_text(
+        json.dumps(
+            {
+                "strategies": strategies,
+                "seeds": seeds,
+                "nodes": args.nodes,
+                "run-config": overrides,
+                "wall-time-s": round(time.time() - t0, 1),
+                "rows": rows,
+                "runs": records,
+            },
+            indent=2,
+        )
+    )
+    print("\n" + table)
+    print(f"Wall time {time.time() - t0:.0f}s. Written: {out}/table.md, table.csv, curves.png")
+    return 0 if all(r["status"].endswith("completed") for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
