@@ -38,9 +38,9 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from mpsl_flwr import fast_supernode
+from mpsl_flwr import flower_patches
 from mpsl_flwr.certs import NodeKey, TlsFiles, make_node_key, make_tls
 from mpsl_flwr.config import parse_overrides, resolve_config
 from mpsl_flwr.launch import PROJECT_DIR, FlwrCli, RunOutcome, flwr_run, report
@@ -61,9 +61,13 @@ class DeployOptions:
     tls: bool = False
     auth: bool = False
     workdir: Path | None = None
-    superexec_poll_interval: float = 0.1
+    superexec_poll_interval: float | None = 0.1
+    """Seconds between task polls of each SuperExec (None: Flower's 1.0 s)."""
     warm_clientapp: bool = False
     node_poll: float | None = None
+    """Cap of the SuperNode idle poll (opt-in Flower patch; None: Flower's 3 s)."""
+    object_pull_backoff: float | None = None
+    """First retry of a payload still uploading (opt-in Flower patch; None: Flower's 1 s)."""
     startup_timeout: float = 60.0
 
     def __post_init__(self) -> None:
@@ -122,7 +126,13 @@ class Deployment(FlwrCli):
             # flwr-clientapp by name: find this environment's first.
             PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         )
-        env[SUPEREXEC_POLL_ENV] = str(self.options.superexec_poll_interval)
+        for key in (flower_patches.SUPERNODE_POLL_ENV, flower_patches.OBJECT_PULL_BACKOFF_ENV):
+            env.pop(key, None)
+        if self.options.object_pull_backoff is not None:
+            env[flower_patches.OBJECT_PULL_BACKOFF_ENV] = str(self.options.object_pull_backoff)
+        env.pop(SUPEREXEC_POLL_ENV, None)
+        if self.options.superexec_poll_interval is not None:
+            env[SUPEREXEC_POLL_ENV] = str(self.options.superexec_poll_interval)
         # Our helper entry points (mpsl_flwr.warm_clientapp, .fast_supernode) must come
         # from this checkout; the app itself is imported from the FAB, which Flower puts
         # first on sys.path.
@@ -229,29 +239,32 @@ class Deployment(FlwrCli):
         self,
         partition_id: int,
         num_partitions: int | None = None,
-        key: NodeKey | None = None,
+        key: NodeKey | Literal["registered", "none"] = "registered",
         max_retries: int | None = None,
         required: bool = True,
     ) -> SuperNode:
         """Start one SuperNode serving ``partition_id`` of ``num_partitions``.
 
-        With ``auth``, a registered key is made unless ``key`` is given (pass an
-        unregistered one to see the SuperLink refuse the node).
+        ``key="registered"``: with ``auth``, a fresh key registered with the SuperLink
+        (none without ``auth``); ``"none"``: no key at all; or a given :class:`NodeKey`
+        (e.g. an unregistered one, to see the SuperLink refuse the node).
+        ``required=False`` marks a node that may die without failing the run.
         """
         num_partitions = num_partitions or self.options.nodes
-        if self.options.auth and key is None:
-            key = self.node_key(partition_id)
+        if key == "registered":
+            key = self.node_key(partition_id) if self.options.auth else "none"
         name = f"supernode-{len(self.supernodes)}-p{partition_id}"
         home = self.workdir / name
         home.mkdir(parents=True, exist_ok=True)
         runtime_port = free_port()
         warm = self.options.warm_clientapp
         env = self._env(home)
-        if self.options.node_poll is None:
+        if self.options.node_poll is None and self.options.object_pull_backoff is None:
             supernode = [executable("flower-supernode")]
-        else:
+        else:  # Flower's flower-supernode, with the patches env asks for
             supernode = [sys.executable, "-m", "mpsl_flwr.fast_supernode"]
-            env[fast_supernode.POLL_ENV] = str(self.options.node_poll)
+        if self.options.node_poll is not None:
+            env[flower_patches.SUPERNODE_POLL_ENV] = str(self.options.node_poll)
         cmd = [
             *supernode,
             *self._tls_args(client=True),
@@ -266,8 +279,9 @@ class Deployment(FlwrCli):
             "--isolation",
             "process" if warm else "subprocess",
         ]
-        if key is not None:
-            cmd += ["--auth-supernode-private-key", str(key.private_key)]
+        node_key = key if isinstance(key, NodeKey) else None
+        if node_key is not None:
+            cmd += ["--auth-supernode-private-key", str(node_key.private_key)]
         if max_retries is not None:
             cmd += ["--max-retries", str(max_retries)]
         logs = self.workdir / "logs"
@@ -275,7 +289,7 @@ class Deployment(FlwrCli):
             partition_id,
             num_partitions,
             ManagedProcess(f"flower-supernode {name}", cmd, env, logs / f"{name}.log").start(),
-            key,
+            node_key,
             required=required,
         )
         self.supernodes.append(node)
@@ -289,7 +303,7 @@ class Deployment(FlwrCli):
                 "--parent-pid",
                 str(node.process.pid),
                 "--poll",
-                str(self.options.superexec_poll_interval),
+                str(self.options.superexec_poll_interval or 0.1),
             ]
             node.executor = ManagedProcess(
                 f"warm ClientApp executor of {name}", executor_cmd, env, logs / f"{name}-app.log"
@@ -375,6 +389,11 @@ def deployment(options: DeployOptions, keep_workdir: bool = False) -> Iterator[D
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _pick(value: float | None, fast_value: float, fast: bool) -> float | None:
+    """An explicit value wins; else ``fast_value`` under --fast; else Flower's default."""
+    return value if value is not None else fast_value if fast else None
+
+
 def _raise_on_sigterm() -> None:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -432,9 +451,17 @@ def main(argv: list[str] | None = None) -> int:
         "through mpsl_flwr.fast_supernode, an opt-in patch; e.g. 0.2",
     )
     parser.add_argument(
+        "--object-pull-backoff",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first retry of a message payload still being uploaded (Flower 1.41: 1 s), "
+        "in the ServerApp, SuperNodes and ClientApp executors; opt-in patch; e.g. 0.02",
+    )
+    parser.add_argument(
         "--fast",
         action="store_true",
-        help="shorthand for --warm-clientapp --node-poll 0.2",
+        help="shorthand for --warm-clientapp --node-poll 0.2 --object-pull-backoff 0.02",
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="run timeout, seconds")
     parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
@@ -448,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         superexec_poll_interval=args.superexec_poll,
         warm_clientapp=args.warm_clientapp or args.fast,
-        node_poll=args.node_poll if args.node_poll is not None else 0.2 if args.fast else None,
+        node_poll=_pick(args.node_poll, 0.2, args.fast),
+        object_pull_backoff=_pick(args.object_pull_backoff, 0.02, args.fast),
     )
     _raise_on_sigterm()
     with deployment(options, keep_workdir=args.keep_workdir) as dep:

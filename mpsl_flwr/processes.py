@@ -173,20 +173,21 @@ def _copy_with_timestamps(source, sink) -> None:
 
 def _kill_pids(pids: set[int], grace: float) -> None:
     """SIGTERM, then SIGKILL, each PID that is still alive (our own descendants only)."""
-    alive = {p for p in pids if _alive(p)}
+    alive = {p for p in pids if pid_alive(p)}
     for p in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
-        alive = {p for p in alive if _alive(p)}
+        alive = {p for p in alive if pid_alive(p)}
         time.sleep(0.1)
     for p in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process (Linux /proc)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
