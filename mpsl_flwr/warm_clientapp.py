@@ -13,12 +13,13 @@ call the ClientApp, push the reply and the updated context), so imports, generat
 and frozen weights stay warm across messages, as they do in a simulation's Ray actors.
 ``context.state`` still comes from the SuperNode with every message.
 
-Scope and limits: it serves one app. The FAB of the first task is installed and
-imported once; a task of any other FAB is handed to a fresh ``flwr-clientapp`` process,
-as Flower itself would run it. A ClientApp that crashes the interpreter takes the
-executor down (the SuperNode then sees the task expire). It uses Flower 1.41 internals
-(``RuntimeHttpClient``, ``flwr.supernode.runtime.run_clientapp``) and refuses to start
-on another Flower minor version.
+Scope and limits: it serves one FAB at a time. The FAB of the first task is installed
+and imported once; a task of another FAB (new code, another app) is run in a fresh
+``flwr-clientapp`` process, as Flower itself runs it, and the executor then re-executes
+itself so that later tasks import the new FAB warm. A ClientApp that crashes the
+interpreter takes the executor down (the SuperNode then sees the task expire). It
+uses Flower 1.41 internals (``RuntimeHttpClient``, ``flwr.supernode.runtime.
+run_clientapp``) and refuses to start on another Flower minor version.
 
     python -m mpsl_flwr.warm_clientapp --runtime-api-address 127.0.0.1:9094 --parent-pid N
 """
@@ -29,6 +30,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -55,6 +57,8 @@ from flwr.supernode.runtime.run_clientapp import (
     push_message,
     push_task_output,
 )
+
+from mpsl_flwr import flower_patches
 
 log = logging.getLogger("mpsl_flwr.warm_clientapp")
 
@@ -107,10 +111,12 @@ class WarmExecutor:
                 )
                 if res.HasField("task") and res.token:
                     fab_hash = res.task.fab_hash or None
-                    if self.fab_hash is None or fab_hash == self.fab_hash:
+                    if self.fab_hash is None or fab_hash in (None, self.fab_hash):
                         self.run_task(res.token)
                     else:
                         self.run_cold(res.token)
+                        client.close()
+                        self.restart()
                 else:
                     time.sleep(self.poll_interval)
         finally:
@@ -143,11 +149,14 @@ class WarmExecutor:
         message = context = reply = None
         sub_status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         t0 = time.monotonic()
+        t_pulled = t_ran = t0
         try:
             heartbeat.start()
             message, context, run, fab = pull_task_input(client)
+            t_pulled = time.monotonic()
             app = self._load(run, fab)
             reply = app(message=message, context=context)
+            t_ran = time.monotonic()
             sub_status, details = SubStatus.COMPLETED, ""
         except Exception as ex:  # the same error reply Flower's flwr-clientapp sends
             code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
@@ -171,12 +180,21 @@ class WarmExecutor:
             client.close()
         self.tasks_run += 1
         kind = message.metadata.message_type if message is not None else "?"
-        log.info("Task %d (%s) done in %.2fs", self.tasks_run, kind, time.monotonic() - t0)
+        t_end = time.monotonic()
+        log.info(
+            "Task %d (%s) done in %.2fs: pull %.2fs, app %.2fs, push %.2fs",
+            self.tasks_run,
+            kind,
+            t_end - t0,
+            t_pulled - t0,
+            max(0.0, t_ran - t_pulled),
+            t_end - max(t_ran, t_pulled),
+        )
 
     def run_cold(self, token: str) -> None:
-        """A task of another app: a fresh ``flwr-clientapp`` process, as Flower does."""
-        log.warning("Task of a different FAB: running it in a fresh flwr-clientapp process")
-        subprocess.Popen(
+        """A task of another FAB: a fresh ``flwr-clientapp`` process, as Flower runs it."""
+        log.warning("Task of a new FAB: running it in a fresh flwr-clientapp process")
+        subprocess.run(
             [
                 "flwr-clientapp",
                 "--runtime-api-address",
@@ -184,8 +202,17 @@ class WarmExecutor:
                 "--token",
                 token,
                 "--insecure",
-            ]
+            ],
+            check=False,
         )
+
+    def restart(self) -> None:
+        """Replace this process by a fresh executor (same PID), so that the new FAB's
+        code, not the old one's, is imported warm for the next task."""
+        log.warning("Restarting the executor to load the new FAB")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "mpsl_flwr.warm_clientapp", *sys.argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    flower_patches.apply_from_env()
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
     for name in args.preload:
