@@ -49,6 +49,9 @@ from mpsl_flwr.processes import ManagedProcess, executable, free_port, wait_for
 CONNECTION = "mpsl-deploy"
 CODE_DIR = Path(__file__).resolve().parent.parent
 
+FAST: dict[str, Any] = {"warm_clientapp": True, "node_poll": 0.2, "object_pull_backoff": 0.02}
+"""``mpsl-deploy --fast``: the three latency cuts of docs/deployment.md, as DeployOptions."""
+
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 """Seconds between a SuperExec's polls for a new task (Flower default 1.0)."""
 
@@ -389,15 +392,19 @@ def deployment(options: DeployOptions, keep_workdir: bool = False) -> Iterator[D
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _pick(value: float | None, fast_value: float, fast: bool) -> float | None:
+def _pick(value: float | None, fast_value: Any, fast: bool) -> float | None:
     """An explicit value wins; else ``fast_value`` under --fast; else Flower's default."""
     return value if value is not None else fast_value if fast else None
 
 
-def _raise_on_sigterm() -> None:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+def _interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so that every process gets stopped
+    (also when started in the background, where a shell leaves SIGINT ignored)."""
 
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -475,19 +482,26 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         superexec_poll_interval=args.superexec_poll,
         warm_clientapp=args.warm_clientapp or args.fast,
-        node_poll=_pick(args.node_poll, 0.2, args.fast),
-        object_pull_backoff=_pick(args.object_pull_backoff, 0.02, args.fast),
+        node_poll=_pick(args.node_poll, FAST["node_poll"], args.fast),
+        object_pull_backoff=_pick(args.object_pull_backoff, FAST["object_pull_backoff"], args.fast),
     )
-    _raise_on_sigterm()
-    with deployment(options, keep_workdir=args.keep_workdir) as dep:
-        kind = "TLS + node auth" if options.auth else "TLS" if options.tls else "insecure"
-        print(
-            f"SuperLink on {dep.address} ({kind}), {options.nodes} SuperNodes online; "
-            f"connection '{CONNECTION}' in {dep.cli_home / 'config.toml'}",
-            flush=True,
-        )
-        outcome = dep.run(overrides, app_dir=args.app_dir, timeout=args.timeout)
-        logs = dep.workdir / "logs"
+    _interrupt_on_signals()
+    try:
+        with deployment(options, keep_workdir=args.keep_workdir) as dep:
+            kind = "TLS + node auth" if options.auth else "TLS" if options.tls else "insecure"
+            print(
+                f"SuperLink on {dep.address} ({kind}), {options.nodes} SuperNodes online; "
+                f"connection '{CONNECTION}' in {dep.cli_home / 'config.toml'}",
+                flush=True,
+            )
+            outcome = dep.run(overrides, app_dir=args.app_dir, timeout=args.timeout)
+            logs = dep.workdir / "logs"
+    except KeyboardInterrupt as err:
+        print(f"\nInterrupted ({err}); the run was stopped and every process ended.")
+        return 130
+    except (RuntimeError, TimeoutError, FileNotFoundError) as err:
+        print(f"\nmpsl-deploy failed: {err}", file=sys.stderr)
+        return 1
     return report(outcome, f"see the logs in {logs}")
 
 
