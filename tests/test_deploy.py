@@ -119,8 +119,8 @@ def test_tls_auth_deployment_runs_mpsl_and_refuses_unregistered_nodes(tmp_path: 
             assert code not in (None, 0), f"{intruder.process.name} was not refused"
         # Flower's words (exit code 305): activation of an unknown key fails; an
         # anonymous node may not self-register while node auth is on.
-        assert "Failed to activate SuperNode" in stranger.process.log_path.read_text()
-        assert "Failed to initialize the connection" in anonymous.process.log_path.read_text()
+        assert "[code: 2004] Failed to activate SuperNode" in stranger.process.log_path.read_text()
+        assert "must be registered via the CLI" in anonymous.process.log_path.read_text()
         assert {n["node-id"] for n in dep.online_nodes()} == registered
 
         outcome = dep.run({**TINY_RUN, "output-dir": str(tmp_path / "out")}, stream=False)
