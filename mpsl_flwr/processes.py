@@ -30,18 +30,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def check_port_free(port: int, what: str) -> None:
-    """Raise a clear error if ``port`` on 127.0.0.1 is taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as err:
-            raise RuntimeError(
-                f"Port {port} for the {what} is already in use on 127.0.0.1 ({err.strerror}). "
-                "Pick another port, or leave it unset to get a free one."
-            ) from err
-
-
 def executable(name: str) -> str:
     """Path of a CLI of this Python environment (``flwr``, ``flower-superlink``, ...)."""
     candidate = Path(sys.executable).parent / name
