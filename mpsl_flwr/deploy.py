@@ -207,26 +207,34 @@ class Deployment(FlwrCli):
             return False
 
     def write_connection(self) -> Path:
-        """Add ``[superlink.mpsl-deploy]`` to the CLI's config.toml (Flower 1.41 format)."""
+        """Write the CLI's config.toml (Flower 1.41 format) with our connection as default.
+
+        ``cli_home`` is private to this deployment, so the file is written whole (a
+        reused ``--workdir`` gets the new port, not a duplicate table).
+        """
         path = self.cli_home / "config.toml"
-        lines = [f"[superlink.{self.connection}]", f'address = "{self.address}"']
+        lines = [
+            "[superlink]",
+            f'default = "{self.connection}"',
+            "",
+            f"[superlink.{self.connection}]",
+            f'address = "{self.address}"',
+        ]
         if self.tls is None:
             lines.append("insecure = true")
         else:
             lines.append(f'root-certificates = "{self.tls.ca_cert.resolve()}"')
-        body = "\n".join(lines) + "\n"
-        if not path.exists():
-            # What `flwr` writes on first use, plus our connection as the default.
-            body = f'[superlink]\ndefault = "{self.connection}"\n\n' + body
-        else:
-            body = path.read_text() + "\n" + body
-        path.write_text(body)
+        path.write_text("\n".join(lines) + "\n")
         return path
 
     # ------------------------------------------------------------------ supernodes
     def node_key(self, partition_id: int, register: bool = True) -> NodeKey:
         """A fresh key pair for a node; registered with the SuperLink unless told not."""
-        key = make_node_key(self.workdir / "keys", f"node-{partition_id}")
+        keys, name, k = self.workdir / "keys", f"node-p{partition_id}", 1
+        while (keys / name).exists():  # a key per node, never overwritten
+            k += 1
+            name = f"node-p{partition_id}-{k}"
+        key = make_node_key(keys, name)
         if register:
             self.flwr(
                 "supernode",
