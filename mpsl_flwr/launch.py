@@ -17,8 +17,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,34 +28,70 @@ from pathlib import Path
 from typing import Any
 
 from mpsl_flwr.config import parse_overrides, resolve_config
+from mpsl_flwr.processes import ManagedProcess, executable, free_port
 from mpsl_flwr.results import SUMMARY, format_table
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 COMPLETED = "finished:completed"
 
+__all__ = [
+    "COMPLETED",
+    "FlwrCli",
+    "LocalSuperLink",
+    "RunOutcome",
+    "flwr_run",
+    "free_port",
+    "report",
+]
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
+class FlwrCli:
+    """Runs ``flwr`` CLI commands under ``env``, against connection ``connection``.
 
-def _bin(name: str) -> str:
-    """An executable of this Python environment (flwr, flower-superlink, ...)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+    ``connection`` is the name of a SuperLink connection in ``$FLWR_HOME/config.toml``;
+    None means the default one (for :class:`LocalSuperLink`, the ``:local:`` SuperLink
+    that ``FLWR_LOCAL_*`` in ``env`` point at).
+    """
+
+    env: dict[str, str]
+    connection: str | None = None
+
+    def conn_args(self) -> list[str]:
+        return [self.connection] if self.connection else []
+
+    def flwr(self, *args: str, capture: bool = True, timeout: float | None = 120) -> str:
+        """Run a ``flwr`` CLI command; returns its stdout."""
+        out = subprocess.run(
+            [executable("flwr"), *args],
+            env=self.env,
+            capture_output=capture,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"`flwr {' '.join(args)}` failed: {out.stdout}{out.stderr}")
+        return out.stdout
+
+    def run_status(self, run_id: int) -> str:
+        data = json.loads(
+            self.flwr("list", *self.conn_args(), "--run-id", str(run_id), "--format", "json")
+        )
+        return str(data["runs"][0]["status"])
+
+    def check_alive(self) -> None:
+        """Raise if a process this run needs has died (a no-op unless overridden)."""
 
 
 @dataclass
-class LocalSuperLink:
+class LocalSuperLink(FlwrCli):
     """A ``flower-superlink --simulation`` that this process owns, on free ports."""
 
     flwr_home: Path
     http_port: int = field(default_factory=free_port)
     control_port: int = field(default_factory=free_port)
     log_path: Path | None = None
-    process: subprocess.Popen | None = None
+    managed: ManagedProcess | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -80,7 +114,7 @@ class LocalSuperLink:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_path or self.flwr_home / "superlink.log"
         cmd = [
-            _bin("flower-superlink"),
+            executable("flower-superlink"),
             "--insecure",
             "--simulation",
             "--isolation",
@@ -92,15 +126,12 @@ class LocalSuperLink:
             "--port",
             str(self.http_port),
         ]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.managed = ManagedProcess("flower-superlink", cmd, self.env, self.log_path).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if not self.managed.running():
                 raise RuntimeError(
-                    f"flower-superlink exited with code {self.process.returncode}; "
+                    f"flower-superlink exited with code {self.managed.returncode()}; "
                     f"see {self.log_path}"
                 )
             if self.healthy():
@@ -121,35 +152,15 @@ class LocalSuperLink:
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the SuperLink and everything in its process group, by PID."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        pgid = self.process.pid  # start_new_session: the group id is the PID
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            self.process.wait(timeout=grace)
+        if self.managed is not None:
+            self.managed.stop(grace)
 
-    def flwr(self, *args: str, capture: bool = True, timeout: float | None = 120) -> str:
-        """Run a ``flwr`` CLI command against this SuperLink; returns its stdout."""
-        out = subprocess.run(
-            [_bin("flwr"), *args],
-            env=self.env,
-            capture_output=capture,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"`flwr {' '.join(args)}` failed: {out.stdout}{out.stderr}")
-        return out.stdout
-
-    def run_status(self, run_id: int) -> str:
-        data = json.loads(self.flwr("list", "--run-id", str(run_id), "--format", "json"))
-        return str(data["runs"][0]["status"])
+    def check_alive(self) -> None:
+        if self.managed is not None and not self.managed.running():
+            raise RuntimeError(
+                f"flower-superlink exited with code {self.managed.returncode()}; "
+                f"see {self.log_path}"
+            )
 
 
 @contextlib.contextmanager
@@ -187,16 +198,24 @@ class RunOutcome:
 
 
 def flwr_run(
-    link: LocalSuperLink,
+    link: FlwrCli,
     run_config: dict[str, Any],
-    num_supernodes: int,
+    num_supernodes: int | None,
     app_dir: Path = PROJECT_DIR,
     cpus_per_client: float = 1.0,
     gpus_per_client: float = 0.0,
     timeout: float = 3600.0,
     stream: bool = True,
+    status_interval: float = 10.0,
 ) -> RunOutcome:
-    """Submit one simulation run with ``run_config`` overrides and wait for its end."""
+    """Submit one run with ``run_config`` overrides and wait for its end.
+
+    ``num_supernodes`` sizes a simulation; None submits to a deployment, whose nodes
+    are the SuperNodes connected to ``link``. Completion is confirmed with
+    ``flwr list``; as each call of the CLI costs about a second of CPU, it is asked every
+    ``status_interval`` seconds, and at once when the run's summary.json leaves
+    ``running``. The run is stopped if a process it needs dies (``link.check_alive``).
+    """
     cfg = resolve_config(dict(run_config), app_dir)
     run_name = cfg.run_name or (
         f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -205,17 +224,23 @@ def flwr_run(
     if not output_dir.is_absolute():
         output_dir = Path.cwd() / output_dir
     overrides = {**run_config, "output-dir": str(output_dir), "run-name": run_name}
+    federation = []
+    if num_supernodes is not None:
+        federation = [
+            "--federation-config",
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={_num(cpus_per_client)} "
+            f"client-resources-num-gpus={_num(gpus_per_client)}",
+        ]
     t0 = time.time()
     out = link.flwr(
         "run",
         str(app_dir),
+        *link.conn_args(),
         "--format",
         "json",
         "--run-config",
         _toml_pairs(overrides),
-        "--federation-config",
-        f"num-supernodes={num_supernodes} client-resources-num-cpus={_num(cpus_per_client)} "
-        f"client-resources-num-gpus={_num(gpus_per_client)}",
+        *federation,
     )
     answer = json.loads(out)
     if "run-id" not in answer:
@@ -223,22 +248,39 @@ def flwr_run(
     run_id = int(answer["run-id"])
     logs = None
     if stream:
-        logs = subprocess.Popen([_bin("flwr"), "log", str(run_id)], env=link.env)
+        logs = subprocess.Popen(
+            [executable("flwr"), "log", str(run_id), *link.conn_args()], env=link.env
+        )
     status = ""
+    run_dir = output_dir / run_name
     try:
         deadline = time.monotonic() + timeout
+        next_check = 0.0
         while True:
-            status = link.run_status(run_id)
-            if status.startswith("finished"):
+            now = time.monotonic()
+            if _summary_status(run_dir) not in (None, "running"):
+                next_check = min(next_check, now)  # the ServerApp is done: confirm soon
+            if now >= next_check:
+                status = link.run_status(run_id)
+                if status.startswith("finished"):
+                    break
+                finishing = _summary_status(run_dir) not in (None, "running")
+                next_check = now + (2.0 if finishing else status_interval)
+            try:
+                link.check_alive()
+            except RuntimeError as err:
+                with contextlib.suppress(Exception):
+                    link.flwr("stop", str(run_id), *link.conn_args())
+                status = f"aborted: {err}"
                 break
-            if time.monotonic() > deadline:
-                link.flwr("stop", str(run_id))
+            if now > deadline:
+                link.flwr("stop", str(run_id), *link.conn_args())
                 status = f"timeout after {timeout:.0f}s"
                 break
-            time.sleep(1.0)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
-            link.flwr("stop", str(run_id))
+            link.flwr("stop", str(run_id), *link.conn_args())
         raise
     finally:
         if logs is not None:
@@ -247,7 +289,15 @@ def flwr_run(
             except subprocess.TimeoutExpired:
                 logs.terminate()
                 logs.wait(timeout=5)
-    return RunOutcome(run_id, status, output_dir / run_name, time.time() - t0)
+    return RunOutcome(run_id, status, run_dir, time.time() - t0)
+
+
+def _summary_status(run_dir: Path) -> str | None:
+    """``status`` of the run's summary.json, or None while there is none to read."""
+    try:
+        return str(json.loads((run_dir / SUMMARY).read_text()).get("status"))
+    except (OSError, ValueError):
+        return None
 
 
 def _num(x: float) -> int | float:
@@ -298,9 +348,14 @@ def main(argv: list[str] | None = None) -> int:
             gpus_per_client=args.gpus_per_client,
             timeout=args.timeout,
         )
+    return report(outcome, f"see {link.log_path} and the logs above")
+
+
+def report(outcome: RunOutcome, where_to_look: str) -> int:
+    """Print how a run ended and its results table; the process exit code."""
     print(f"\nRun {outcome.run_id}: {outcome.status} in {outcome.wall_time_s:.0f}s", flush=True)
     if not outcome.ok:
-        print(f"The run did not complete; see {link.log_path} and the logs above.", file=sys.stderr)
+        print(f"The run did not complete; {where_to_look}.", file=sys.stderr)
         return 1
     summary = outcome.summary()
     cols = [
@@ -318,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n" + format_table(summary["history"], cols))
     print(f"\nResults: {outcome.run_dir}")
+    print(f"Summary: {outcome.run_dir / SUMMARY}")
     return 0
 
 

@@ -1,0 +1,152 @@
+"""Wall time of one MPSL step in simulation and in a real deployment on loopback.
+
+For each mode it starts one SuperLink (a simulation SuperLink, or a deployment with
+N SuperNodes), submits the same tiny run twice with two training-set sizes, and takes
+
+    seconds per step = (epoch time of the large run - of the small run)
+                       / (steps of the large run - steps of the small run)
+
+so that start-up, discovery, the first forward leg and the end-of-epoch head exchange
+cancel out. On a shared machine that difference is at the mercy of one noisy run, so
+it also prints the pooled estimate
+
+    seconds per step ~ (sum of epoch times) / (sum of (steps + 1))
+
+(an epoch is ``steps`` steps plus the first forward leg and the head exchange, about
+one step's worth of legs), which uses every step of both runs. A steady-state step is
+two round trips (``train.loss``, then ``train.backward`` carrying the next
+activations). Modes:
+
+    sim          flwr simulation (Ray), as mpsl-run
+    deploy       flower-superlink + flower-supernode with Flower's defaults
+                 (--isolation subprocess: a fresh flwr-clientapp process per message;
+                 SuperExec task poll 1 s; SuperNode idle poll 3 s)
+    deploy-poll  the same with the SuperExec task poll at 0.1 s (the mpsl-deploy
+                 default; a public Flower environment variable)
+    deploy-fast  mpsl-deploy --fast: a warm ClientApp executor per node (--isolation
+                 process), the SuperNode idle poll capped at 0.2 s and the object-pull
+                 back-off at 0.02 s (opt-in patches of Flower 1.41)
+
+Simulation steps cost a fraction of a second and the machine may be shared, so its
+long run is longer (``LARGE``) to keep the difference well above the noise.
+
+    python examples/bench_step_latency.py                  # sim, deploy, deploy-fast
+    python examples/bench_step_latency.py --modes sim deploy-fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mpsl_flwr.deploy import FAST, DeployOptions, deployment
+from mpsl_flwr.launch import RunOutcome, flwr_run, local_superlink
+
+MODES = ("sim", "deploy", "deploy-poll", "deploy-fast")
+DEFAULT_MODES = ("sim", "deploy", "deploy-fast")
+LARGE = {"sim": 640, "deploy": 160, "deploy-poll": 160, "deploy-fast": 256}
+"""Train size of the long run per mode (the short run has ``--small``)."""
+
+
+def tiny_run(train_size: int, out: Path, name: str) -> dict[str, Any]:
+    """The same tiny classification run for every mode; near-IID so steps are even."""
+    return {
+        "epochs": 1,
+        "synthetic-train-size": train_size,
+        "synthetic-test-size": 16,
+        "encoder-depth": 2,
+        "batch-size": 32,
+        "dirichlet-alpha": 1000.0,
+        "progress": False,
+        "output-dir": str(out),
+        "run-name": name,
+    }
+
+
+def epoch_row(outcome: RunOutcome) -> dict[str, Any]:
+    if not outcome.ok:
+        raise RuntimeError(f"run {outcome.run_id} ended {outcome.status}")
+    return json.loads((outcome.run_dir / "summary.json").read_text())["history"][0]
+
+
+def measure(mode: str, nodes: int, sizes: tuple[int, int], out: Path) -> dict[str, Any]:
+    """Epoch times and steps of the two runs of one mode; seconds per step."""
+    rows = []
+    stamp = time.strftime("%H%M%S")
+    if mode == "sim":
+        with local_superlink() as link:
+            for size in sizes:
+                cfg = tiny_run(size, out, f"{mode}-{size}-{stamp}")
+                rows.append(epoch_row(flwr_run(link, cfg, nodes, stream=False)))
+    else:
+        options = DeployOptions(
+            nodes=nodes,
+            superexec_poll_interval=None if mode == "deploy" else 0.1,
+            **(FAST if mode == "deploy-fast" else {}),
+        )
+        with deployment(options) as dep:
+            for size in sizes:
+                cfg = tiny_run(size, out, f"{mode}-{size}-{stamp}")
+                rows.append(epoch_row(dep.run(cfg, stream=False)))
+    (small, large) = rows
+    dsteps = large["steps"] - small["steps"]
+    if dsteps <= 0:
+        raise RuntimeError(f"{mode}: both sizes gave {small['steps']}/{large['steps']} steps")
+    return {
+        "mode": mode,
+        "steps": (small["steps"], large["steps"]),
+        "epoch_s": (small["epoch-time-s"], large["epoch-time-s"]),
+        "s_per_step": (large["epoch-time-s"] - small["epoch-time-s"]) / dsteps,
+        "s_per_step_pooled": (small["epoch-time-s"] + large["epoch-time-s"])
+        / (small["steps"] + large["steps"] + 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES))
+    parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--small", type=int, default=64, help="train size of the short run")
+    parser.add_argument(
+        "--large", type=int, default=None, help="train size of the long run (default: LARGE)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mpsl-bench-") as tmp:
+        for mode in args.modes:
+            t0 = time.time()
+            print(f"[{mode}] running...", flush=True)
+            sizes = (args.small, args.large or LARGE[mode])
+            res = measure(mode, args.nodes, sizes, Path(tmp))
+            res["bench_wall_s"] = round(time.time() - t0, 1)
+            results.append(res)
+            print(
+                f"[{mode}] {res['s_per_step']:.2f} s/step (difference), "
+                f"{res['s_per_step_pooled']:.2f} s/step (pooled)",
+                flush=True,
+            )
+    base = next((r for r in results if r["mode"] == "sim"), None)
+    print(f"\n{args.nodes} nodes, tiny ViT (depth 2), batch 32, classification")
+    print("| mode | steps | epoch s | s/step (difference) | s/step (pooled) | x sim (pooled) |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        ratio = r["s_per_step_pooled"] / base["s_per_step_pooled"] if base else None
+        steps = "/".join(str(s) for s in r["steps"])
+        epoch = "/".join(f"{s:.1f}" for s in r["epoch_s"])
+        print(
+            f"| {r['mode']} | {steps} | {epoch} | {r['s_per_step']:.2f} | "
+            f"{r['s_per_step_pooled']:.2f} | {f'{ratio:.0f}x' if ratio else '-'} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

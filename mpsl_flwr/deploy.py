@@ -1,0 +1,517 @@
+"""Run the app on a real Flower deployment on loopback: one SuperLink, N SuperNodes.
+
+Unlike :mod:`mpsl_flwr.launch` (a simulation SuperLink with virtual nodes), this starts
+a ``flower-superlink`` in deployment mode and ``N`` separate ``flower-supernode``
+processes, each with its ``partition-id``/``num-partitions`` node config, all on free
+ports of 127.0.0.1 and each under its own ``FLWR_HOME``. It writes a SuperLink
+connection named ``mpsl-deploy`` into the CLI's ``$FLWR_HOME/config.toml``, submits the
+app with ``flwr run <app> mpsl-deploy``, waits for ``finished:completed`` through
+``flwr list``, prints where ``summary.json`` is, and stops every process it started by
+process group and PID, also on failure or Ctrl-C.
+
+Variants (see docs/deployment.md):
+
+* insecure (default): plain HTTP on loopback;
+* ``--tls``: a throw-away test CA and server certificate (SAN 127.0.0.1, localhost);
+  the SuperLink serves HTTPS, SuperNodes and the CLI trust that CA;
+* ``--auth`` (implies ``--tls``; Flower requires it): ``--enable-supernode-auth`` on
+  the SuperLink; every SuperNode gets an ECDSA P-384 key whose public half is
+  registered with ``flwr supernode register`` before the node starts. Unregistered
+  nodes are refused.
+
+    mpsl-deploy --nodes 2 --tls --auth --run-config "epochs=1 synthetic-train-size=64"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import ssl
+import sys
+import tempfile
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mpsl_flwr import flower_patches
+from mpsl_flwr.certs import NodeKey, TlsFiles, make_node_key, make_tls
+from mpsl_flwr.config import parse_overrides, resolve_config
+from mpsl_flwr.launch import PROJECT_DIR, FlwrCli, RunOutcome, flwr_run, report
+from mpsl_flwr.processes import ManagedProcess, executable, free_port, wait_for
+
+CONNECTION = "mpsl-deploy"
+CODE_DIR = Path(__file__).resolve().parent.parent
+
+FAST: dict[str, Any] = {"warm_clientapp": True, "node_poll": 0.2, "object_pull_backoff": 0.02}
+"""``mpsl-deploy --fast``: the three latency cuts of docs/deployment.md, as DeployOptions."""
+
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+"""Seconds between a SuperExec's polls for a new task (Flower default 1.0)."""
+
+
+@dataclass
+class DeployOptions:
+    """What to start. ``auth`` needs ``tls`` (Flower refuses node auth over plain HTTP)."""
+
+    nodes: int = 2
+    tls: bool = False
+    auth: bool = False
+    workdir: Path | None = None
+    superexec_poll_interval: float | None = 0.1
+    """Seconds between task polls of each SuperExec (None: Flower's 1.0 s)."""
+    warm_clientapp: bool = False
+    node_poll: float | None = None
+    """Cap of the SuperNode idle poll (opt-in Flower patch; None: Flower's 3 s)."""
+    object_pull_backoff: float | None = None
+    """First retry of a payload still uploading (opt-in Flower patch; None: Flower's 1 s)."""
+    startup_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ValueError(f"nodes must be at least 1; got {self.nodes}.")
+        if self.auth and not self.tls:
+            raise ValueError(
+                "SuperNode authentication needs TLS: Flower's SuperLink refuses "
+                "--enable-supernode-auth with --insecure. Add --tls."
+            )
+
+
+@dataclass
+class SuperNode:
+    """A ``flower-supernode`` we started, and what it was started with."""
+
+    partition_id: int
+    num_partitions: int
+    process: ManagedProcess
+    key: NodeKey | None = None
+    executor: ManagedProcess | None = None
+    required: bool = True
+    """False for a node expected to fail (e.g. an unregistered one in a test)."""
+
+
+@dataclass
+class Deployment(FlwrCli):
+    """A SuperLink and its SuperNodes on loopback, owned by this process."""
+
+    options: DeployOptions
+    workdir: Path
+    connection: str | None = CONNECTION
+    port: int = field(default_factory=free_port)
+    tls: TlsFiles | None = None
+    superlink: ManagedProcess | None = None
+    supernodes: list[SuperNode] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ env
+    @property
+    def cli_home(self) -> Path:
+        """FLWR_HOME of the SuperLink and of the ``flwr`` CLI (holds config.toml)."""
+        return self.workdir / "superlink"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _env(self, flwr_home: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            FLWR_HOME=str(flwr_home),
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            PYTHONUNBUFFERED="1",
+            # SuperLink and SuperNode spawn flower-superexec, flwr-serverapp and
+            # flwr-clientapp by name: find this environment's first.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        )
+        for key in (flower_patches.SUPERNODE_POLL_ENV, flower_patches.OBJECT_PULL_BACKOFF_ENV):
+            env.pop(key, None)
+        if self.options.object_pull_backoff is not None:
+            env[flower_patches.OBJECT_PULL_BACKOFF_ENV] = str(self.options.object_pull_backoff)
+        env.pop(SUPEREXEC_POLL_ENV, None)
+        if self.options.superexec_poll_interval is not None:
+            env[SUPEREXEC_POLL_ENV] = str(self.options.superexec_poll_interval)
+        # Our helper entry points (mpsl_flwr.warm_clientapp, .fast_supernode) must come
+        # from this checkout; the app itself is imported from the FAB, which Flower puts
+        # first on sys.path.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(CODE_DIR), os.environ.get("PYTHONPATH", "")) if p
+        )
+        # A stray FLWR_LOCAL_* must not send the CLI to some other SuperLink.
+        for key in ("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT"):
+            env.pop(key, None)
+        return env
+
+    @property
+    def env(self) -> dict[str, str]:  # type: ignore[override]
+        """Environment of the ``flwr`` CLI commands run against this deployment."""
+        return self._env(self.cli_home)
+
+    def _tls_args(self, client: bool) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        if client:
+            return ["--root-certificates", str(self.tls.ca_cert)]
+        return [
+            "--ssl-ca-certfile",
+            str(self.tls.ca_cert),
+            "--ssl-certfile",
+            str(self.tls.server_cert),
+            "--ssl-keyfile",
+            str(self.tls.server_key),
+        ]
+
+    # ------------------------------------------------------------------ superlink
+    def start_superlink(self) -> None:
+        if self.options.tls:
+            self.tls = make_tls(self.workdir / "tls")
+        cmd = [
+            executable("flower-superlink"),
+            *self._tls_args(client=False),
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.options.auth:
+            cmd.append("--enable-supernode-auth")
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        self.superlink = ManagedProcess(
+            "flower-superlink", cmd, self.env, self.workdir / "logs" / "superlink.log"
+        ).start()
+        wait_for(
+            self._healthy,
+            self.options.startup_timeout,
+            f"the SuperLink to answer on https?://{self.address}/health",
+            watch=[self.superlink],
+        )
+        self.write_connection()
+
+    def _healthy(self) -> bool:
+        scheme = "https" if self.tls else "http"
+        context = ssl.create_default_context(cafile=str(self.tls.ca_cert)) if self.tls else None
+        try:
+            with urllib.request.urlopen(
+                f"{scheme}://{self.address}/health", timeout=0.5, context=context
+            ) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def write_connection(self) -> Path:
+        """Write the CLI's config.toml (Flower 1.41 format) with our connection as default.
+
+        ``cli_home`` is private to this deployment, so the file is written whole (a
+        reused ``--workdir`` gets the new port, not a duplicate table).
+        """
+        path = self.cli_home / "config.toml"
+        lines = [
+            "[superlink]",
+            f'default = "{self.connection}"',
+            "",
+            f"[superlink.{self.connection}]",
+            f'address = "{self.address}"',
+        ]
+        if self.tls is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{self.tls.ca_cert.resolve()}"')
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    # ------------------------------------------------------------------ supernodes
+    def node_key(self, partition_id: int, register: bool = True) -> NodeKey:
+        """A fresh key pair for a node; registered with the SuperLink unless told not."""
+        keys, name, k = self.workdir / "keys", f"node-p{partition_id}", 1
+        while (keys / name).exists():  # a key per node, never overwritten
+            k += 1
+            name = f"node-p{partition_id}-{k}"
+        key = make_node_key(keys, name)
+        if register:
+            self.flwr(
+                "supernode",
+                "register",
+                str(key.public_key),
+                *self.conn_args(),
+                "--name",
+                f"partition-{partition_id}",
+            )
+        return key
+
+    def start_supernode(
+        self,
+        partition_id: int,
+        num_partitions: int | None = None,
+        key: NodeKey | Literal["registered", "none"] = "registered",
+        max_retries: int | None = None,
+        required: bool = True,
+    ) -> SuperNode:
+        """Start one SuperNode serving ``partition_id`` of ``num_partitions``.
+
+        ``key="registered"``: with ``auth``, a fresh key registered with the SuperLink
+        (none without ``auth``); ``"none"``: no key at all; or a given :class:`NodeKey`
+        (e.g. an unregistered one, to see the SuperLink refuse the node).
+        ``required=False`` marks a node that may die without failing the run.
+        """
+        num_partitions = num_partitions or self.options.nodes
+        if key == "registered":
+            key = self.node_key(partition_id) if self.options.auth else "none"
+        name = f"supernode-{len(self.supernodes)}-p{partition_id}"
+        home = self.workdir / name
+        home.mkdir(parents=True, exist_ok=True)
+        runtime_port = free_port()
+        warm = self.options.warm_clientapp
+        env = self._env(home)
+        if self.options.node_poll is None and self.options.object_pull_backoff is None:
+            supernode = [executable("flower-supernode")]
+        else:  # Flower's flower-supernode, with the patches env asks for
+            supernode = [sys.executable, "-m", "mpsl_flwr.fast_supernode"]
+        if self.options.node_poll is not None:
+            env[flower_patches.SUPERNODE_POLL_ENV] = str(self.options.node_poll)
+        cmd = [
+            *supernode,
+            *self._tls_args(client=True),
+            "--superlink",
+            self.address,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(runtime_port),
+            "--node-config",
+            f"partition-id={partition_id} num-partitions={num_partitions}",
+            "--isolation",
+            "process" if warm else "subprocess",
+        ]
+        node_key = key if isinstance(key, NodeKey) else None
+        if node_key is not None:
+            cmd += ["--auth-supernode-private-key", str(node_key.private_key)]
+        if max_retries is not None:
+            cmd += ["--max-retries", str(max_retries)]
+        logs = self.workdir / "logs"
+        node = SuperNode(
+            partition_id,
+            num_partitions,
+            ManagedProcess(f"flower-supernode {name}", cmd, env, logs / f"{name}.log").start(),
+            node_key,
+            required=required,
+        )
+        self.supernodes.append(node)
+        if warm:
+            executor_cmd = [
+                sys.executable,
+                "-m",
+                "mpsl_flwr.warm_clientapp",
+                "--runtime-api-address",
+                f"127.0.0.1:{runtime_port}",
+                "--parent-pid",
+                str(node.process.pid),
+                "--poll",
+                str(self.options.superexec_poll_interval or 0.1),
+            ]
+            node.executor = ManagedProcess(
+                f"warm ClientApp executor of {name}", executor_cmd, env, logs / f"{name}-app.log"
+            ).start()
+        return node
+
+    def online_nodes(self) -> list[dict[str, Any]]:
+        """SuperNodes the SuperLink lists as online (``flwr supernode list``)."""
+        data = json.loads(self.flwr("supernode", "list", *self.conn_args(), "--format", "json"))
+        return [n for n in data.get("nodes", []) if n.get("status") == "online"]
+
+    def wait_for_nodes(self, count: int) -> None:
+        """Wait until ``count`` SuperNodes are online; fail if one of ours exits."""
+        wait_for(
+            lambda: len(self.online_nodes()) >= count,
+            self.options.startup_timeout,
+            f"{count} SuperNode(s) to connect to the SuperLink at {self.address} "
+            f"(see the logs in {self.workdir / 'logs'})",
+            watch=self._required(),
+            interval=0.5,
+        )
+
+    def _required(self) -> list[ManagedProcess]:
+        """The processes a run needs: the SuperLink, required SuperNodes, their executors."""
+        procs = [self.superlink] if self.superlink else []
+        for node in self.supernodes:
+            if node.required:
+                procs += [p for p in (node.process, node.executor) if p is not None]
+        return procs
+
+    def check_alive(self) -> None:
+        for proc in self._required():
+            if not proc.running():
+                raise RuntimeError(
+                    f"{proc.name} exited with code {proc.returncode()}; its log "
+                    f"({proc.log_path}) ends with:\n{proc.log_tail()}"
+                )
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """SuperLink, connection, keys, then all SuperNodes; returns once all are online."""
+        self.start_superlink()
+        for pid in range(self.options.nodes):
+            self.start_supernode(pid)
+        self.wait_for_nodes(self.options.nodes)
+
+    def remember_children(self) -> None:
+        """Note every helper process now alive, so that :meth:`stop` can reach it."""
+        for proc in self._processes():
+            proc.remember_children()
+
+    def stop(self) -> None:
+        """Stop SuperNodes, then the SuperLink, by process group and PID."""
+        for proc in self._processes():
+            with contextlib.suppress(Exception):
+                proc.stop()
+
+    def _processes(self) -> list[ManagedProcess]:
+        procs = [p for n in self.supernodes for p in (n.executor, n.process) if p is not None]
+        return procs + ([self.superlink] if self.superlink else [])
+
+    def run(self, run_config: dict[str, Any], **kwargs: Any) -> RunOutcome:
+        """Submit the app with ``run_config`` overrides; wait for its end."""
+        return flwr_run(self, run_config, None, **kwargs)
+
+
+@contextlib.contextmanager
+def deployment(options: DeployOptions, keep_workdir: bool = False) -> Iterator[Deployment]:
+    """A running deployment for the ``with`` block; everything stops on exit."""
+    tmp = None
+    workdir = options.workdir
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="mpsl-deploy-")
+        workdir = Path(tmp)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dep = Deployment(options, workdir.resolve())
+    try:
+        dep.start()
+        yield dep
+    finally:
+        dep.stop()
+        if tmp is not None and not keep_workdir:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pick(value: float | None, fast_value: Any, fast: bool) -> float | None:
+    """An explicit value wins; else ``fast_value`` under --fast; else Flower's default."""
+    return value if value is not None else fast_value if fast else None
+
+
+def _interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, so that every process gets stopped
+    (also when started in the background, where a shell leaves SIGINT ignored)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mpsl-deploy",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """
+            examples:
+              mpsl-deploy --nodes 2
+              mpsl-deploy --nodes 3 --tls --auth --run-config "epochs=1 batch-size=32"
+            """
+        ),
+    )
+    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes (= data partitions)")
+    parser.add_argument("--tls", action="store_true", help="HTTPS with a generated test CA")
+    parser.add_argument(
+        "--auth", action="store_true", help="SuperNode authentication (implies --tls)"
+    )
+    parser.add_argument(
+        "--run-config", default="", help="overrides, 'key=value ...' as for flwr run"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where FLWR_HOMEs, certificates, keys and logs go (default: a temporary dir, "
+        "removed afterwards unless --keep-workdir)",
+    )
+    parser.add_argument("--keep-workdir", action="store_true")
+    parser.add_argument(
+        "--superexec-poll",
+        type=float,
+        default=0.1,
+        help=f"seconds between SuperExec task polls ({SUPEREXEC_POLL_ENV}; Flower: 1.0)",
+    )
+    parser.add_argument(
+        "--warm-clientapp",
+        action="store_true",
+        help="SuperNodes in --isolation process, each served by one long-lived ClientApp "
+        "process (mpsl_flwr.warm_clientapp) instead of a new process per message",
+    )
+    parser.add_argument(
+        "--node-poll",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cap the SuperNode's idle poll (Flower 1.41: a fixed 3 s) by running it "
+        "through mpsl_flwr.fast_supernode, an opt-in patch; e.g. 0.2",
+    )
+    parser.add_argument(
+        "--object-pull-backoff",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first retry of a message payload still being uploaded (Flower 1.41: 1 s), "
+        "in the ServerApp, SuperNodes and ClientApp executors; opt-in patch; e.g. 0.02",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="shorthand for --warm-clientapp --node-poll 0.2 --object-pull-backoff 0.02",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="run timeout, seconds")
+    parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
+    args = parser.parse_args(argv)
+    overrides = parse_overrides([args.run_config]) if args.run_config else {}
+    resolve_config(overrides, args.app_dir)  # fail fast on a bad key, before any process
+    options = DeployOptions(
+        nodes=args.nodes,
+        tls=args.tls or args.auth,
+        auth=args.auth,
+        workdir=args.workdir,
+        superexec_poll_interval=args.superexec_poll,
+        warm_clientapp=args.warm_clientapp or args.fast,
+        node_poll=_pick(args.node_poll, FAST["node_poll"], args.fast),
+        object_pull_backoff=_pick(args.object_pull_backoff, FAST["object_pull_backoff"], args.fast),
+    )
+    _interrupt_on_signals()
+    try:
+        with deployment(options, keep_workdir=args.keep_workdir) as dep:
+            kind = "TLS + node auth" if options.auth else "TLS" if options.tls else "insecure"
+            print(
+                f"SuperLink on {dep.address} ({kind}), {options.nodes} SuperNodes online; "
+                f"connection '{CONNECTION}' in {dep.cli_home / 'config.toml'}",
+                flush=True,
+            )
+            outcome = dep.run(overrides, app_dir=args.app_dir, timeout=args.timeout)
+            logs = dep.workdir / "logs"
+    except KeyboardInterrupt as err:
+        print(f"\nInterrupted ({err}); the run was stopped and every process ended.")
+        return 130
+    except (RuntimeError, TimeoutError, FileNotFoundError) as err:
+        print(f"\nmpsl-deploy failed: {err}", file=sys.stderr)
+        return 1
+    return report(outcome, f"see the logs in {logs}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Opt-in patches of two Flower 1.41 timing constants that dominate a deployed step.
+
+Neither has an option or environment variable in Flower 1.41; both are applied only when
+asked for (``mpsl-deploy --fast`` / ``--node-poll``), check the installed Flower first,
+and refuse to apply to anything but 1.41.x, so an upgrade fails loudly rather than
+silently changing timing.
+
+1. **SuperNode idle poll.** ``flwr.supernode.start_client_internal`` sleeps a fixed 3 s
+   after asking the SuperLink for a message and finding none, and 0.5 s between checks
+   for its ClientApp's reply. A node that has just replied finds nothing (the server has
+   not answered yet) and sleeps 3 s, so every leg of a sequential protocol waits ~3 s.
+   :func:`cap_supernode_sleeps` gives that one module a ``time`` whose ``sleep`` never
+   exceeds ``poll`` seconds.
+
+2. **Object pull back-off.** A message is listed as soon as its header is pushed, while
+   its payload objects are still being uploaded; a reader that pulls in that window
+   gets "object unavailable" and retries after ``PULL_INITIAL_BACKOFF`` = 1 s (then 2,
+   4, ...). A server polling for replies every 10 ms (``protocol.Exchange``), or a node
+   polling every 0.2 s, hits that window often, and the leg costs an extra second.
+   The window is wide inside a SuperNode too: it creates the ClientApp's task *before*
+   it has downloaded the message's payload. :func:`shorten_object_pull_backoff` lowers
+   the first back-off of ``pull_objects`` and ``pull_and_inflate_object_from_tree``
+   (``flwr.supercore.inflatable.inflatable_utils``; used by the SuperNode, the
+   ServerApp's HTTP grid and the ClientApp). It is applied in a process whose env has
+   ``MPSL_OBJECT_PULL_BACKOFF`` (see :func:`apply_from_env`), which ``mpsl-deploy --fast``
+   sets for the SuperLink (and so its ServerApp) and the SuperNodes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+import types
+
+import flwr
+
+log = logging.getLogger("mpsl_flwr")
+
+SUPPORTED_FLWR = "1.41."
+SUPERNODE_POLL_ENV = "MPSL_SUPERNODE_POLL"
+OBJECT_PULL_BACKOFF_ENV = "MPSL_OBJECT_PULL_BACKOFF"
+
+
+def _check_version(what: str) -> None:
+    if not flwr.__version__.startswith(SUPPORTED_FLWR):
+        raise RuntimeError(
+            f"{what} patches Flower {SUPPORTED_FLWR}x; this is flwr {flwr.__version__}. "
+            f"Run without it (unset {SUPERNODE_POLL_ENV}/{OBJECT_PULL_BACKOFF_ENV}, "
+            "drop --fast/--node-poll)."
+        )
+
+
+def cap_supernode_sleeps(poll: float) -> None:
+    """Cap every sleep of ``flwr.supernode.start_client_internal`` at ``poll`` seconds."""
+    from flwr.supernode import start_client_internal as loop
+
+    _check_version("The SuperNode poll patch")
+    if "time.sleep(3)" not in inspect.getsource(loop):
+        raise RuntimeError(
+            "flwr.supernode.start_client_internal no longer sleeps 3 s between polls; "
+            "the patch does not apply. Start flower-supernode directly."
+        )
+    if not 0.01 <= poll <= 3.0:
+        raise ValueError(f"{SUPERNODE_POLL_ENV} must be between 0.01 and 3 s; got {poll}.")
+    real_sleep = time.sleep
+    shim = types.ModuleType("time")
+    shim.__dict__.update(time.__dict__)
+    shim.sleep = lambda seconds: real_sleep(min(seconds, poll))  # type: ignore[attr-defined]
+    loop.time = shim  # type: ignore[attr-defined]
+
+
+def shorten_object_pull_backoff(initial: float) -> None:
+    """First retry of an unavailable object after ``initial`` s instead of 1 s."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    _check_version("The object pull back-off patch")
+    if not 0.001 <= initial <= 1.0:
+        raise ValueError(f"{OBJECT_PULL_BACKOFF_ENV} must be between 0.001 and 1 s.")
+    # pull_objects: SuperNode and ServerApp grid; pull_and_inflate_object_from_tree: a
+    # ClientApp reading its task's message (it passes its own default on).
+    for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        defaults = fn.__kwdefaults__ or {}
+        if "initial_backoff" not in defaults:
+            raise RuntimeError(
+                f"flwr's {fn.__name__} has no keyword-only 'initial_backoff' any more; "
+                "the patch does not apply."
+            )
+        defaults["initial_backoff"] = initial
+
+
+def apply_from_env() -> None:
+    """Apply the patches that this process's environment asks for (none by default)."""
+    if value := os.environ.get(OBJECT_PULL_BACKOFF_ENV):
+        shorten_object_pull_backoff(float(value))
+        log.info("Object pull back-off patched to %s s (%s)", value, OBJECT_PULL_BACKOFF_ENV)
+    if value := os.environ.get(SUPERNODE_POLL_ENV):
+        cap_supernode_sleeps(float(value))

@@ -1,0 +1,142 @@
+"""Deployment on loopback: certificates, the CLI connection, and a real TLS + auth run.
+
+The unit tests need no process. The ``e2e`` test starts a real ``flower-superlink``
+with TLS and SuperNode authentication, two registered ``flower-supernode`` processes,
+and two intruders that the SuperLink must refuse (one with an unregistered key, one
+with none), then runs one MPSL step end to end and checks ``finished:completed`` and
+summary.json. It uses the latency cuts of ``mpsl-deploy --fast`` (warm ClientApp
+executor, short node poll and object-pull back-off) to stay under a minute on 2 cores;
+the stock Flower path is the same code with them off (``mpsl-deploy --tls --auth``).
+
+    pytest -m e2e tests/test_deploy.py
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+from mpsl_flwr.certs import make_node_key, make_tls
+from mpsl_flwr.deploy import CONNECTION, FAST, Deployment, DeployOptions, deployment
+from mpsl_flwr.launch import COMPLETED
+from mpsl_flwr.processes import children_of, pid_alive
+
+# One MPSL step: 2 clients hold at most 32 samples each; b_n = ceil(64 / 2) = 32.
+TINY_RUN = {
+    "epochs": 1,
+    "synthetic-train-size": 32,
+    "synthetic-test-size": 16,
+    "encoder-depth": 2,
+    "batch-size": 64,
+    "eval-batch-size": 64,
+    "progress": False,
+    "node-wait-timeout": 60.0,
+    "step-timeout": 60.0,
+}
+
+
+# ---------------------------------------------------------------------- unit
+def test_tls_files_trust_chain_and_sans(tmp_path: Path) -> None:
+    files = make_tls(tmp_path)
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in sans.get_values_for_type(x509.IPAddress)
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert stat.S_IMODE(files.server_key.stat().st_mode) == 0o600
+
+
+def test_node_key_is_openssh_p384(tmp_path: Path) -> None:
+    key = make_node_key(tmp_path, "node-0")
+    private = load_ssh_private_key(key.private_key.read_bytes(), None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert private.curve.name == "secp384r1"
+    assert key.public_key.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert stat.S_IMODE(key.private_key.stat().st_mode) == 0o600
+
+
+def test_auth_requires_tls() -> None:
+    with pytest.raises(ValueError, match="needs TLS"):
+        DeployOptions(auth=True, tls=False)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_connection_is_what_flwr_reads(tmp_path: Path, monkeypatch, tls: bool) -> None:
+    """The config.toml we write parses with Flower's own reader, as the default."""
+    from flwr.cli.flower_config import read_superlink_connection
+
+    dep = Deployment(DeployOptions(tls=tls), tmp_path)
+    if tls:
+        dep.tls = make_tls(tmp_path / "tls")
+    dep.cli_home.mkdir(parents=True)
+    dep.write_connection()
+    monkeypatch.setenv("FLWR_HOME", str(dep.cli_home))
+    for name in (CONNECTION, None):  # by name, and as the default
+        conn = read_superlink_connection(name)
+        assert conn.name == CONNECTION
+        assert conn.address == f"127.0.0.1:{dep.port}"
+        assert conn.insecure is (not tls)
+        assert conn.root_certificates == (str(dep.tls.ca_cert) if tls else None)
+
+
+# ---------------------------------------------------------------------- e2e
+def _wait_exit(proc, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while proc.running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return proc.returncode()
+
+
+@pytest.mark.e2e
+def test_tls_auth_deployment_runs_mpsl_and_refuses_unregistered_nodes(tmp_path: Path) -> None:
+    options = DeployOptions(
+        nodes=2,
+        tls=True,
+        auth=True,
+        workdir=tmp_path / "deploy",
+        **FAST,
+    )
+    with deployment(options) as dep:
+        registered = {n["node-id"] for n in dep.online_nodes()}
+        assert len(registered) == 2
+
+        # Intruders: the same partition, but a key the SuperLink never saw, or no key.
+        stranger = dep.start_supernode(
+            0, key=dep.node_key(100, register=False), max_retries=0, required=False
+        )
+        anonymous = dep.start_supernode(0, key="none", max_retries=0, required=False)
+        for intruder in (stranger, anonymous):
+            code = _wait_exit(intruder.process, timeout=60)
+            assert code not in (None, 0), f"{intruder.process.name} was not refused"
+        # Flower's words (exit code 305): activation of an unknown key fails; an
+        # anonymous node may not self-register while node auth is on.
+        assert "[code: 2004] Failed to activate SuperNode" in stranger.process.log_path.read_text()
+        assert "must be registered via the CLI" in anonymous.process.log_path.read_text()
+        assert {n["node-id"] for n in dep.online_nodes()} == registered
+
+        outcome = dep.run({**TINY_RUN, "output-dir": str(tmp_path / "out")}, stream=False)
+        assert outcome.status == COMPLETED, (
+            f"run ended {outcome.status}; SuperLink log:\n{dep.superlink.log_tail(40)}"
+        )
+        summary = json.loads((outcome.run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert summary["num-clients"] == 2
+        assert summary["history"][0]["steps"] >= 1
+        assert summary["history"][0]["samples-trained"] == 32
+        started = [p for n in dep.supernodes for p in (n.process, n.executor) if p]
+        started.append(dep.superlink)
+        dep.remember_children()
+        helpers = {c for p in started if p.running() for c in children_of(p.pid)}
+    for proc in started:
+        assert not proc.running(), f"{proc.name} still running after stop"
+    alive = [pid for pid in helpers if pid_alive(pid)]
+    assert not alive, f"helper processes left running: {alive}"
