@@ -62,7 +62,7 @@ def _name(common_name: str) -> x509.Name:
 def make_tls(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> TlsFiles:
     """Write ``ca.pem``, ``server.pem`` and ``server.key`` into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("mpsl-flwr test CA")
     ca_cert = (

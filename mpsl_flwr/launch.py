@@ -197,6 +197,16 @@ class RunOutcome:
         return json.loads((self.run_dir / SUMMARY).read_text())
 
 
+def free_run_name(output_dir: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3`` ... if taken: the name the run's recorder will
+    use too, so the launcher reads this run's summary and never an older one's."""
+    candidate, k = name, 1
+    while (output_dir / candidate).exists():
+        k += 1
+        candidate = f"{name}-{k}"
+    return candidate
+
+
 def flwr_run(
     link: FlwrCli,
     run_config: dict[str, Any],
@@ -223,6 +233,7 @@ def flwr_run(
     output_dir = Path(cfg.output_dir).expanduser()
     if not output_dir.is_absolute():
         output_dir = Path.cwd() / output_dir
+    run_name = free_run_name(output_dir, run_name)
     overrides = {**run_config, "output-dir": str(output_dir), "run-name": run_name}
     federation = []
     if num_supernodes is not None:
