@@ -85,6 +85,7 @@ class RunConfig:
     node_wait_timeout: float = 300.0
     step_timeout: float = 120.0
     activation_dtype: ActivationDtype = "float32"
+    max_client_mb: float = 256.0
     # Devices
     server_device: Device = "auto"
     client_device: Device = "cpu"
@@ -263,6 +264,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("Run-config key 'learning-rate' must be > 0.")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ConfigError("Run-config key 'warmup-ratio' must lie in [0, 1).")
+    if cfg.max_client_mb <= 0:
+        raise ConfigError("Run-config key 'max-client-mb' must be > 0.")
     if cfg.temperature <= 0:
         raise ConfigError("Run-config key 'temperature' must be > 0.")
     if cfg.step_timeout <= 0 or cfg.node_wait_timeout <= 0:

@@ -60,6 +60,8 @@ class LocalGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._rng = random.Random(seed)
         self.fault: Fault | None = None
+        # reply_fault(node_id, reply) -> reply: tamper with what a node sends back.
+        self.reply_fault: Callable[[int, Message], Message] | None = None
         self.delivered: list[Message] = []
 
     def set_run(self, run: Run) -> None:
@@ -95,6 +97,8 @@ class LocalGrid(Grid):
                 raise_error=delivered == "raise",
                 delivered=delivered if isinstance(delivered, Message) else msg,
             )
+            if self.reply_fault is not None:
+                reply = self.reply_fault(node_id, reply)
             self._replies[msg_id] = reply
         return ids
 

@@ -46,6 +46,7 @@ from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
 from mpsl_flwr.progress import progress
 from mpsl_flwr.split_server import SplitServer
 from mpsl_flwr.state import from_array_record, model_arrays, to_array_record
+from mpsl_flwr.validation import max_bytes, read_client_arrays
 from strategies.discovery import ClientInfo, client_batch_size, discover_clients, message_ttl
 from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
 
@@ -300,38 +301,31 @@ class MPSL:
         self, replies: dict[int, Message], plans: dict[int, P.BatchPlan], stats: EpochStats
     ) -> dict[int, dict[str, torch.Tensor]]:
         acts = {}
+        lengths = self.head.stream_lengths()
         for node_id, reply in replies.items():
             for cid in self._by_node(plans).get(node_id, []):
                 key = P.act_key(cid)
                 if key not in reply.content:
                     continue  # no data left: sits out
-                tensors = from_array_record(reply.content[key], dtype=torch.float32)
-                problem = self._check_activations(tensors, plans[cid].size)
-                if problem:
-                    log.warning(
-                        "Client %d (node %d) sent bad activations: %s; dropped from this step.",
-                        cid,
-                        node_id,
-                        problem,
-                    )
-                    stats.dropped += 1
+                shapes = {s: (plans[cid].size, n, self.spec.width) for s, n in lengths.items()}
+                tensors, problem = read_client_arrays(
+                    reply.content[key], shapes, max_bytes(self.cfg.max_client_mb)
+                )
+                if tensors is None:
+                    self._reject(cid, node_id, "activations", problem, stats)
                     continue
                 acts[cid] = tensors
         return acts
 
-    def _check_activations(self, acts: dict[str, torch.Tensor], size: int) -> str | None:
-        streams = set(self.server_model.streams)
-        if set(acts) != streams:
-            return f"streams {sorted(acts)}, expected {sorted(streams)}"
-        for name, a in acts.items():
-            if a.dim() != 3 or a.shape[0] != size or a.shape[2] != self.spec.width:
-                return (
-                    f"'{name}' has shape {list(a.shape)}, expected [{size}, tokens, "
-                    f"{self.spec.width}]"
-                )
-            if not torch.isfinite(a).all():
-                return f"'{name}' holds NaN or Inf"
-        return None
+    def _reject(self, cid: int, node_id: int, what: str, problem: str | None, stats) -> None:
+        log.warning(
+            "Client %d (node %d) sent bad %s: %s; dropped from this step.",
+            cid,
+            node_id,
+            what,
+            problem,
+        )
+        stats.dropped += 1
 
     def _loss_leg(
         self,
@@ -353,13 +347,15 @@ class MPSL:
             for cid in self._by_node(plans)[node_id]:
                 if P.grad_key(cid) not in reply.content:
                     continue
-                g = from_array_record(reply.content[P.grad_key(cid)])["out"]
-                if g.shape != outputs[cid].shape or not torch.isfinite(g).all():
-                    log.warning(
-                        "Client %d sent a bad output gradient; dropped from step %s.", cid, group
-                    )
-                    stats.dropped += 1
+                got, problem = read_client_arrays(
+                    reply.content[P.grad_key(cid)],
+                    {"out": tuple(outputs[cid].shape)},
+                    max_bytes(self.cfg.max_client_mb),
+                )
+                if got is None:
+                    self._reject(cid, node_id, "output gradient", problem, stats)
                     continue
+                g = got["out"]
                 s = reply.content[P.stats_key(cid)]
                 grads[cid] = g
                 n = int(s["num-examples"])  # type: ignore[arg-type]

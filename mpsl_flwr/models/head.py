@@ -133,6 +133,13 @@ class ClientHead(nn.Module):
         self.pre_norm = nn.LayerNorm(width)
         self.early_fusion = early_fusion
 
+    def stream_lengths(self) -> dict[str, int]:
+        """Tokens per sample in each cut-layer stream."""
+        lengths = {m: self.tokenizers[m].pos_embed.shape[1] for m in self.modalities}
+        if self.early_fusion:
+            return {FUSED: sum(lengths.values())}
+        return lengths
+
     @property
     def streams(self) -> tuple[str, ...]:
         """Names of the activations that cross the cut layer."""
