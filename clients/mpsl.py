@@ -28,11 +28,20 @@ def query_info(msg: Message, context: Context) -> Message:
 
 
 def forward(msg: Message, context: Context) -> Message:
-    """Draw the planned batches and return their cut-layer activations."""
+    """Draw the planned batches and return their cut-layer activations.
+
+    A resumed run first restores the client's head and optimiser from the message, then a
+    head sync (if any) overwrites the head, as after every epoch.
+    """
     rt = NodeRuntime.from_context(context)
     head_sync = msg.content.get(P.HEAD)
     reply = RecordDict()
     for cid, plan in P.read_plans(msg.content[P.CONFIG]).items():
+        rt.check_client(cid)
+        for part, key in zip(P.CLIENT_STATE_PARTS, rt.state_keys(cid), strict=True):
+            restore = P.client_state_key(cid, part, prefix="restore")
+            if restore in msg.content:
+                context.state[key] = msg.content[restore]
         client = rt.split_client(cid, context.state)
         if head_sync is not None:
             load_trainable_state(client.head, from_array_record(head_sync))
@@ -82,6 +91,18 @@ def query_head(msg: Message, context: Context) -> Message:
         rt.check_client(int(cid))
         if key in context.state:
             reply[P.head_key(int(cid))] = ArrayRecord(dict(context.state[key].items()))
+    return Message(reply, reply_to=msg)
+
+
+def query_state(msg: Message, context: Context) -> Message:
+    """Each asked-for client's head and optimiser state, as stored (for a checkpoint)."""
+    rt = NodeRuntime.from_context(context)
+    reply = RecordDict()
+    for cid in msg.content[P.CONFIG]["clients"]:  # type: ignore[union-attr]
+        rt.check_client(int(cid))
+        for part, key in zip(P.CLIENT_STATE_PARTS, rt.state_keys(int(cid)), strict=True):
+            if key in context.state:
+                reply[P.client_state_key(int(cid), part)] = context.state[key]
     return Message(reply, reply_to=msg)
 
 

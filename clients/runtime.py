@@ -124,6 +124,11 @@ class NodeRuntime:
             self.device,
         )
 
+    def state_keys(self, cid: int) -> tuple[str, str, str]:
+        """Where client ``cid``'s head, optimiser tensors and optimiser config live in
+        ``context.state`` (in the order of ``protocol.CLIENT_STATE_PARTS``)."""
+        return head_state_key(cid), optim_state_key(cid), optim_state_key(cid) + ".cfg"
+
     def full_model(self, arrays: ArrayRecord) -> SplitModel:
         """The whole model with its trainable parameters set to ``arrays`` (FedAvg family)."""
         model = _cached_model(self.exp)

@@ -93,6 +93,8 @@ class RunConfig:
     output_dir: str = "outputs"
     run_name: str = ""
     eval_batch_size: int = 256
+    checkpoint_every: int = 1
+    resume: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -253,7 +255,20 @@ def _check_ranges(cfg: RunConfig) -> None:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"Run-config key '{_key(name)}' must be positive.")
-    for name in ("image_size", "audio_frames", "text_length", "encoder_depth", "min_nodes"):
+    if cfg.resume and cfg.strategy not in ("mpsl", "centralized"):
+        raise ConfigError(
+            f"resume=true is supported for strategy mpsl and centralized, not {cfg.strategy}."
+        )
+    if cfg.resume and not cfg.run_name:
+        raise ConfigError("resume=true needs 'run-name' set to the run to resume.")
+    for name in (
+        "image_size",
+        "audio_frames",
+        "text_length",
+        "encoder_depth",
+        "min_nodes",
+        "checkpoint_every",
+    ):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"Run-config key '{_key(name)}' must be >= 0 (0 = the default).")
     if not 0.0 <= cfg.synthetic_difficulty <= 1.0:

@@ -233,7 +233,8 @@ def flwr_run(
     output_dir = Path(cfg.output_dir).expanduser()
     if not output_dir.is_absolute():
         output_dir = Path.cwd() / output_dir
-    run_name = free_run_name(output_dir, run_name)
+    if not cfg.resume:
+        run_name = free_run_name(output_dir, run_name)
     overrides = {**run_config, "output-dir": str(output_dir), "run-name": run_name}
     federation = []
     if num_supernodes is not None:

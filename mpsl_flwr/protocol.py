@@ -12,6 +12,8 @@ One step, as messages (see DESIGN.md):
                    next activations, so a steady-state step costs two round trips.
 ``query.info``     which logical clients a node serves and their partition sizes.
 ``query.head``     each client's head and the samples it trained on this epoch.
+``query.state``    each client's head and optimiser state (for a checkpoint); a resumed
+                   run sends them back with the client's first ``train.forward``.
 
 Records are keyed by *logical client id* (the data partition), not by Flower node id,
 so one node may serve several clients in one message. At most one message is in
@@ -36,6 +38,7 @@ LOSS = "train.loss"
 BACKWARD = "train.backward"
 QUERY_INFO = "query.info"
 QUERY_HEAD = "query.head"
+QUERY_STATE = "query.state"
 
 CONFIG = "config"
 HEAD = "head"
@@ -70,6 +73,14 @@ def stats_key(cid: int) -> str:
 def head_key(cid: int) -> str:
     """Head weights of client ``cid`` (end of epoch)."""
     return f"head.{cid}"
+
+
+CLIENT_STATE_PARTS = ("head", "optim", "optim.cfg")
+
+
+def client_state_key(cid: int, part: str, prefix: str = "state") -> str:
+    """A part (``head``, ``optim``, ``optim.cfg``) of a client's saved state in a message."""
+    return f"{prefix}.{cid}.{part}"
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,16 @@ class RunRecorder:
         self.cfg = cfg
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = cfg.run_name or f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{stamp}"
-        self.dir = new_run_dir(Path(cfg.output_dir).expanduser().resolve(), name)
+        root = Path(cfg.output_dir).expanduser().resolve()
+        if cfg.resume:
+            self.dir = root / name
+            if not self.dir.is_dir():
+                raise FileNotFoundError(
+                    f"resume=true but run directory {self.dir} does not exist; check "
+                    "'output-dir' and 'run-name'."
+                )
+        else:
+            self.dir = new_run_dir(root, name)
         self.history: list[dict[str, Any]] = []
         self.t0 = time.time()
         self.summary: dict[str, Any] = {
@@ -71,6 +80,16 @@ class RunRecorder:
         _atomic_write(self.dir / "config.json", json.dumps(cfg.to_mapping(), indent=2))
         self._write_summary()
         log.info("Writing results to %s", self.dir)
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """Continue from a checkpoint's history: rows after it are dropped from the files."""
+        self.history = list(history)
+        if self.history:
+            self.t0 = time.time() - float(self.history[-1].get("wall-time-s", 0.0))
+        text = "".join(json.dumps(row) + "\n" for row in self.history)
+        _atomic_write(self.dir / HISTORY_JSONL, text)
+        self._write_csv()
+        self._write_summary()
 
     def update(self, **fields: Any) -> None:
         """Add top-level fields to the summary (e.g. parameter counts)."""

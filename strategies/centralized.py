@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from flwr.serverapp.strategy import Result
 
+from mpsl_flwr.checkpoint import Checkpointing, set_rng_state
 from mpsl_flwr.data.partition import client_seed
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel
@@ -36,9 +37,12 @@ class Centralized:
         self.head, self.server_model = exp.initial_model()
 
     def start(
-        self, evaluate_fn: EvaluateFn | None = None, on_epoch_end: EpochEndFn | None = None
+        self,
+        evaluate_fn: EvaluateFn | None = None,
+        on_epoch_end: EpochEndFn | None = None,
+        checkpointing: Checkpointing | None = None,
     ) -> Result:
-        """Train ``epochs`` passes over the pooled training split."""
+        """Train ``epochs`` passes over the pooled training split (checkpointed, resumable)."""
         cfg, device = self.exp.cfg, self.exp.server_device
         model = SplitModel(self.head, self.server_model).to(device)
         optimizer = make_optimizer(model.parameters(), cfg)
@@ -46,7 +50,14 @@ class Centralized:
         rows = np.arange(len(train))
         steps = math.ceil(len(rows) / cfg.batch_size)
         result = Result()
-        for epoch in range(cfg.epochs):
+        first_epoch = 0
+        if checkpointing is not None and checkpointing.resume:
+            ckpt = checkpointing.load()
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            set_rng_state(ckpt["rng"])
+            first_epoch = int(ckpt["epoch"])
+        for epoch in range(first_epoch, cfg.epochs):
             t0 = time.time()
             done = train_epoch(
                 model,
@@ -73,6 +84,11 @@ class Centralized:
                 }
             )
             report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
+            if checkpointing is not None:
+                checkpointing.save_if_due(
+                    epoch + 1,
+                    lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                )
         result.arrays = model_arrays(self.head, self.server_model)
         return result
 

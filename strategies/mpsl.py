@@ -38,6 +38,7 @@ from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from mpsl_flwr import protocol as P
+from mpsl_flwr.checkpoint import Checkpointing, set_rng_state
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.models.head import ClientHead
 from mpsl_flwr.models.server import ServerModel
@@ -94,6 +95,7 @@ class MPSL:
         self.exchange: P.Exchange | None = None
         self._head_record: ArrayRecord | None = None
         self._synced_nodes: set[int] = set()
+        self._restore: dict[int, dict[str, Any]] = {}  # cid -> state to hand back (resume)
 
     # ------------------------------------------------------------------ setup
     def _ttl(self) -> float:
@@ -115,8 +117,13 @@ class MPSL:
         grid: Grid,
         evaluate_fn: EvaluateFn | None = None,
         on_epoch_end: EpochEndFn | None = None,
+        checkpointing: Checkpointing | None = None,
     ) -> Result:
-        """Run ``epochs`` epochs; return the final arrays (head + server) and metrics."""
+        """Run ``epochs`` epochs; return the final arrays (head + server) and metrics.
+
+        With ``checkpointing``, a checkpoint is written after every ``checkpoint-every``-th
+        epoch, and ``resume=true`` continues after the last one.
+        """
         grid = P.MeteredGrid(grid)
         self.meter = grid.meter
         self.exchange = P.Exchange(grid)
@@ -130,6 +137,9 @@ class MPSL:
             self.server_model, optimizer, scheduler, self.spec.kind, self.device
         )
         self._head_record = to_array_record(trainable_state(self.head))
+        first_epoch = 0
+        if checkpointing is not None and checkpointing.resume:
+            first_epoch = self._resume(checkpointing.load(), optimizer, scheduler)
         result = Result()
         log.info(
             "MPSL: global batch %d, %d per client, %d steps per epoch, %d epochs",
@@ -138,7 +148,7 @@ class MPSL:
             steps,
             self.cfg.epochs,
         )
-        for epoch in range(self.cfg.epochs):
+        for epoch in range(first_epoch, self.cfg.epochs):
             t0 = time.time()
             traffic0 = self.meter.totals()
             stats = self.train_epoch(grid, epoch, steps)
@@ -160,8 +170,68 @@ class MPSL:
             row.update(self.meter.mb_per_client(traffic0, len(self.clients)))
             row["epoch-time-s"] = round(time.time() - t0, 3)
             report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
+            if checkpointing is not None:
+                checkpointing.save_if_due(epoch + 1, lambda e=epoch: self._checkpoint(e))
         result.arrays = model_arrays(self.head, self.server_model)
         return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, epoch: int) -> dict[str, Any]:
+        """Server side and every client's state, as :mod:`mpsl_flwr.checkpoint` stores it."""
+        return {
+            "server": self.server_model.state_dict(),
+            "head": trainable_state(self.head),
+            "optimizer": self.server.optimizer.state_dict(),
+            "scheduler": self.server.scheduler.state_dict(),
+            "clients": self.collect_client_states(epoch),
+        }
+
+    def _resume(self, ckpt: dict[str, Any], optimizer, scheduler) -> int:
+        self.server_model.load_state_dict(ckpt["server"])
+        load_trainable_state(self.head, ckpt["head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        self._restore = {int(cid): parts for cid, parts in ckpt["clients"].items()}
+        if self.cfg.head_sync == "push":
+            self._head_record = to_array_record(trainable_state(self.head))
+        else:
+            self._head_record = None  # clients continue with their own restored heads
+        return int(ckpt["epoch"])
+
+    def collect_client_states(self, epoch: int) -> dict[int, dict[str, Any]]:
+        """Every client's head and optimiser state (``query.state``), as plain tensors."""
+        contents = {
+            node_id: RecordDict({P.CONFIG: ConfigRecord({"clients": cids})})
+            for node_id, cids in self._by_node(self.clients).items()
+        }
+        states: dict[int, dict[str, Any]] = {}
+        for node_id, reply in self._send(
+            contents, P.QUERY_STATE, f"e{epoch}state", EpochStats()
+        ).items():
+            for cid in self._by_node(self.clients)[node_id]:
+                parts = {}
+                for part in P.CLIENT_STATE_PARTS:
+                    record = reply.content.get(P.client_state_key(cid, part))
+                    if isinstance(record, ArrayRecord):
+                        parts[part] = from_array_record(record)
+                    elif record is not None:
+                        parts[part] = dict(record.items())
+                if parts:
+                    states[cid] = parts
+        missing = sorted(set(self.clients) - set(states))
+        if missing:
+            log.warning("Checkpoint lacks the state of clients %s (no answer).", missing)
+        return states
+
+    def _restore_records(self, cid: int) -> dict[str, Any]:
+        """Records that hand client ``cid`` back its checkpointed state (once)."""
+        parts = self._restore.get(cid, {})
+        records: dict[str, Any] = {}
+        for part, value in parts.items():
+            key = P.client_state_key(cid, part, prefix="restore")
+            records[key] = ConfigRecord(value) if part.endswith(".cfg") else to_array_record(value)
+        return records
 
     # ------------------------------------------------------------------ epoch
     def train_epoch(self, grid: Grid, epoch: int, steps: int) -> EpochStats:
@@ -292,9 +362,15 @@ class MPSL:
             )
             if self._head_record is not None and node_id not in self._synced_nodes:
                 content[P.HEAD] = self._head_record
+            for cid in cids:
+                for key, record in self._restore_records(cid).items():
+                    content[key] = record
             contents[node_id] = content
         replies = self._send(contents, P.FORWARD, group, stats)
         self._synced_nodes.update(replies)
+        for node_id in replies:
+            for cid in self._by_node(plans)[node_id]:
+                self._restore.pop(cid, None)
         return self._read_activations(replies, plans, stats)
 
     def _read_activations(
@@ -395,18 +471,18 @@ class MPSL:
             node_id: RecordDict({P.CONFIG: ConfigRecord({"clients": cids})})
             for node_id, cids in self._by_node(trained).items()
         }
-        records = []
+        by_cid = {}
         for node_id, reply in self._send(contents, P.QUERY_HEAD, f"e{epoch}head", stats).items():
             for cid in self._by_node(trained)[node_id]:
                 if P.head_key(cid) in reply.content:
-                    records.append(
-                        RecordDict(
-                            {
-                                "arrays": reply.content[P.head_key(cid)],
-                                "metrics": MetricRecord({"num-examples": trained[cid]}),
-                            }
-                        )
+                    by_cid[cid] = RecordDict(
+                        {
+                            "arrays": reply.content[P.head_key(cid)],
+                            "metrics": MetricRecord({"num-examples": trained[cid]}),
+                        }
                     )
+        # Summed in client order, not arrival order, so the average is reproducible.
+        records = [by_cid[cid] for cid in sorted(by_cid)]
         if records:
             avg = aggregate_arrayrecords(records, "num-examples")
             load_trainable_state(self.head, from_array_record(avg))

@@ -13,6 +13,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
+from mpsl_flwr.checkpoint import Checkpointer, Checkpointing
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.results import RunRecorder, format_table
@@ -63,6 +64,9 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
 
 def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict[str, Any]:
     cfg = exp.cfg
+    checkpointing = Checkpointing(
+        Checkpointer(recorder.dir, cfg), lambda: list(recorder.history), recorder.restore
+    )
 
     def evaluate(epoch: int, head, server) -> dict[str, Any]:
         return exp.evaluate(head, server)
@@ -79,7 +83,7 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
                 "server-trainable-params": sum(counts.values()),
             }
         )
-        strategy.start(evaluate, recorder.log_epoch)
+        strategy.start(evaluate, recorder.log_epoch, checkpointing)
     elif cfg.strategy == "mpsl":
         from strategies.mpsl import MPSL
 
@@ -88,7 +92,7 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
         head, server = exp.initial_model()
         mpsl = MPSL(cfg, exp.spec, head, server)
         recorder.update(**exp.parameter_counts(head, server))
-        mpsl.start(grid, evaluate, _with_clients(recorder, mpsl))
+        mpsl.start(grid, evaluate, _with_clients(recorder, mpsl), checkpointing)
     elif cfg.strategy in ("fedavg", "fedclip"):
         from flwr.serverapp.strategy import FedAvg
 

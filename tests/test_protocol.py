@@ -145,10 +145,10 @@ def _holds_labels(values: np.ndarray, label_sets) -> bool:
 
 
 def test_reply_order_does_not_matter(tiny):
-    cfg = tiny()
+    cfg = tiny(epochs=2)  # the second epoch starts from the averaged head
     _, a, _, _ = run_mpsl(cfg, 3, grid=LocalGrid(client_app, 3, cfg.to_mapping(), seed=1))
     _, b, _, _ = run_mpsl(cfg, 3, grid=LocalGrid(client_app, 3, cfg.to_mapping(), seed=2))
-    assert_same_arrays(a.arrays, b.arrays)
+    assert_same_arrays(a.arrays, b.arrays, atol=0)  # bit for bit
 
 
 def test_exhausted_clients_sit_out_and_every_sample_trains(tiny):

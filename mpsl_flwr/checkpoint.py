@@ -1,0 +1,123 @@
+"""Atomic run checkpoints, and what a resumed run needs from them.
+
+A checkpoint is written at the end of every ``checkpoint-every``-th epoch into
+``<run-dir>/checkpoint.pt``: written to a temporary file, flushed, then renamed over the
+old one, so a crash at any moment leaves either the previous checkpoint or the new one.
+It holds everything needed to continue as if nothing happened (torchtune's rule): the
+server model, optimiser and scheduler, the completed epoch, the RNG states, the
+aggregated client head, every client's own head and optimiser state (fetched with
+``query.state``; the clients' ``context.state`` does not survive a new run), and the
+history. ``resume=true`` (with the run's ``run-name``) continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mpsl_flwr.config import ConfigError, RunConfig
+
+log = logging.getLogger("mpsl_flwr")
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+# Keys that may differ between the crashed run and its resumption.
+_MAY_CHANGE = {"resume", "progress", "step-timeout", "node-wait-timeout", "min-nodes"}
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch, NumPy and Python RNG states, in a form ``torch.load(weights_only=True)`` reads."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+    random.setstate(state["python"])
+
+
+class Checkpointer:
+    """Writes and reads ``<run-dir>/checkpoint.pt`` for one run."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
+        self.path = Path(run_dir) / CHECKPOINT
+        self.cfg = cfg
+
+    def due(self, epochs_done: int) -> bool:
+        """Whether the end of this epoch is a checkpoint (the last epoch always is)."""
+        every = self.cfg.checkpoint_every
+        return every > 0 and (epochs_done % every == 0 or epochs_done == self.cfg.epochs)
+
+    def save(self, payload: dict[str, Any]) -> None:
+        payload = {"format": FORMAT, "config": self.cfg.to_mapping(), **payload}
+        tmp = self.path.with_suffix(".pt.tmp")
+        with tmp.open("wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        log.info("Checkpoint after epoch %d: %s", payload["epoch"], self.path)
+
+    def load(self) -> dict[str, Any]:
+        """The checkpoint to resume from, checked against this run's config."""
+        if not self.path.is_file():
+            raise ConfigError(
+                f"resume=true but there is no checkpoint at {self.path}. Set 'run-name' (and "
+                "'output-dir') to those of the run to resume, or resume=false to start anew."
+            )
+        payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        if payload.get("format") != FORMAT:
+            raise ValueError(f"{self.path} has checkpoint format {payload.get('format')}.")
+        saved, now = payload["config"], self.cfg.to_mapping()
+        changed = sorted(k for k in now if k not in _MAY_CHANGE and saved.get(k) != now[k])
+        if changed:
+            raise ConfigError(
+                f"Cannot resume {self.path}: run-config keys differ from the checkpointed run: "
+                + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in changed)
+            )
+        log.info("Resuming after epoch %d from %s", payload["epoch"], self.path)
+        return payload
+
+
+@dataclass
+class Checkpointing:
+    """What a strategy needs to checkpoint and resume a run: where, and the history."""
+
+    checkpointer: Checkpointer
+    history: Callable[[], list[dict[str, Any]]]
+    restore_history: Callable[[list[dict[str, Any]]], None]
+
+    @property
+    def resume(self) -> bool:
+        return self.checkpointer.cfg.resume
+
+    def load(self) -> dict[str, Any]:
+        payload = self.checkpointer.load()
+        self.restore_history(payload["history"])
+        return payload
+
+    def save_if_due(self, epochs_done: int, payload: Callable[[], dict[str, Any]]) -> None:
+        if self.checkpointer.due(epochs_done):
+            self.checkpointer.save(
+                {
+                    "epoch": epochs_done,
+                    "step": 0,
+                    "rng": rng_state(),
+                    "history": self.history(),
+                    **payload(),
+                }
+            )
