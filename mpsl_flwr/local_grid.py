@@ -63,6 +63,7 @@ class LocalGrid(Grid):
         # reply_fault(node_id, reply) -> reply: tamper with what a node sends back.
         self.reply_fault: Callable[[int, Message], Message] | None = None
         self.delivered: list[Message] = []
+        self._dead: set[int] = set()
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -76,6 +77,25 @@ class LocalGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
+
+    def kill(self, node_id: int) -> None:
+        """The node dies: it leaves the node list and never answers again."""
+        self.node_ids.remove(node_id)
+        self._dead.add(node_id)
+
+    def restart(self, node_id: int) -> int:
+        """A dead node comes back, as a SuperNode does: new node id, empty state."""
+        old = self.contexts[node_id]
+        new_id = max(self.contexts) + 1
+        self.contexts[new_id] = Context(
+            run_id=old.run_id,
+            node_id=new_id,
+            node_config=dict(old.node_config),
+            state=RecordDict(),
+            run_config=dict(old.run_config),
+        )
+        self.node_ids.append(new_id)
+        return new_id
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []

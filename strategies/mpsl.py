@@ -25,6 +25,7 @@ pair [aggregated head; server model] is evaluated on the test split, and, with
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -96,6 +97,9 @@ class MPSL:
         self._head_record: ArrayRecord | None = None
         self._synced_nodes: set[int] = set()
         self._restore: dict[int, dict[str, Any]] = {}  # cid -> state to hand back (resume)
+        self._moved: set[int] = set()  # clients that changed node since their last batch
+        self._rejoined_nodes: set[int] = set()  # nodes owed the current head
+        self._foreign_nodes: set[int] = set()  # nodes serving no client of this run
 
     # ------------------------------------------------------------------ setup
     def _ttl(self) -> float:
@@ -125,6 +129,7 @@ class MPSL:
         epoch, and ``resume=true`` continues after the last one.
         """
         grid = P.MeteredGrid(grid)
+        self.grid = grid
         self.meter = grid.meter
         self.exchange = P.Exchange(grid)
         self.clients = discover_clients(grid, self.exchange, self.cfg)
@@ -235,7 +240,9 @@ class MPSL:
 
     # ------------------------------------------------------------------ epoch
     def train_epoch(self, grid: Grid, epoch: int, steps: int) -> EpochStats:
-        """One pass over every partition, ``steps`` MPSL steps."""
+        """One pass over every partition: ``steps`` MPSL steps, plus up to as many again
+        while a client that missed steps (dropped, rejoined) and can be reached still has
+        data left, so an epoch trains every reachable sample once."""
         b = self.client_batch_size()
         offsets = {cid: 0 for cid in self.clients}
         pending: dict[int, tuple[P.BatchPlan, dict[str, torch.Tensor]]] = {}
@@ -244,7 +251,7 @@ class MPSL:
         bar = progress(
             range(steps), f"epoch {epoch + 1}/{self.cfg.epochs}", enabled=self.cfg.progress
         )
-        for step in bar:
+        for step in itertools.count():
             plans = {
                 cid: P.BatchPlan(epoch, offsets[cid], min(b, c.num_examples - offsets[cid]))
                 for cid, c in self.clients.items()
@@ -252,12 +259,26 @@ class MPSL:
             }
             if not plans:
                 break
-            pending = self.step(grid, epoch, step, plans, pending, offsets, stats, b, steps)
+            if step >= steps and (step >= 2 * steps or not self._reachable(plans)):
+                log.warning(
+                    "Epoch %d ends with clients %s short of their partition (unreachable).",
+                    epoch + 1,
+                    sorted(plans),
+                )
+                break
+            pending = self.step(grid, epoch, step, plans, pending, offsets, stats, b)
             stats.steps += 1
+            bar.update(1)
             if stats.samples:
                 bar.set_postfix(loss=f"{stats.loss_sum / stats.samples:.3f}", refresh=False)
         bar.close()
         return stats
+
+    def _reachable(self, plans: dict[int, P.BatchPlan]) -> list[int]:
+        """Planned clients whose node is online and holds no unanswered message."""
+        assert self.exchange is not None
+        online = set(self.grid.get_node_ids()) - self.exchange.busy_nodes()
+        return [cid for cid in plans if self.clients[cid].node_id in online]
 
     def step(
         self,
@@ -269,12 +290,20 @@ class MPSL:
         offsets: dict[int, int],
         stats: EpochStats,
         b: int,
-        steps: int,
     ) -> dict[int, tuple[P.BatchPlan, dict[str, torch.Tensor]]]:
         """One MPSL step; returns the activations that arrived for the next step."""
         assert self.exchange is not None
         group = f"e{epoch}s{step}"
-        acts = {cid: a for cid, (p, a) in pending.items() if plans.get(cid) == p}
+        online = self._refresh_membership()
+        for cid in [c for c in plans if self.clients[c].node_id not in online]:
+            del plans[cid]  # its node is gone (the SuperLink lists it offline)
+            stats.dropped += 1
+        acts = {
+            cid: a
+            for cid, (p, a) in pending.items()
+            if plans.get(cid) == p and cid not in self._moved
+        }
+        self._moved.clear()
         need = {cid: p for cid, p in plans.items() if cid not in acts}
         if need:
             acts.update(self._forward_leg(need, group, stats))
@@ -293,16 +322,54 @@ class MPSL:
         for cid in cut:
             offsets[cid] += plans[cid].size
             self._seen[cid] += plans[cid].size
-        next_plans = {}
-        if step + 1 < steps:
-            next_plans = {
-                cid: P.BatchPlan(
-                    epoch, offsets[cid], min(b, self.clients[cid].num_examples - offsets[cid])
-                )
-                for cid in cut
-                if offsets[cid] < self.clients[cid].num_examples
-            }
+        next_plans = {
+            cid: P.BatchPlan(
+                epoch, offsets[cid], min(b, self.clients[cid].num_examples - offsets[cid])
+            )
+            for cid in cut
+            if offsets[cid] < self.clients[cid].num_examples
+        }
         return self._backward_leg({c: plans[c] for c in cut}, cut, lr, next_plans, group, stats)
+
+    # ------------------------------------------------------------------ membership
+    def _refresh_membership(self) -> set[int]:
+        """Online node ids; a node not seen before is asked which clients it serves.
+
+        A SuperNode that died and came back has a new node id: its clients move to it,
+        get the current aggregated head with their next batch and carry on from where
+        the server's offsets say they were.
+        """
+        assert self.exchange is not None
+        online = set(self.grid.get_node_ids())
+        known = {c.node_id for c in self.clients.values()}
+        new = online - known - self._foreign_nodes - self.exchange.busy_nodes()
+        if not new:
+            return online
+        replies, _ = self.exchange(
+            P.make_messages({n: RecordDict() for n in new}, P.QUERY_INFO, "rejoin", self._ttl()),
+            self.cfg.step_timeout,
+        )
+        for node_id, reply in replies.items():
+            if P.reply_error(reply) is not None:
+                continue  # asked again at the next step
+            info = reply.content[P.INFO]
+            cids = [int(c) for c in info["clients"]]  # type: ignore[union-attr]
+            unknown = [c for c in cids if c not in self.clients]
+            if unknown:
+                log.warning("Node %d serves unknown clients %s; it is ignored.", node_id, unknown)
+                self._foreign_nodes.add(node_id)
+                continue
+            for cid in cids:
+                log.warning(
+                    "Client %d rejoined on node %d (was node %d).",
+                    cid,
+                    node_id,
+                    self.clients[cid].node_id,
+                )
+                self.clients[cid].node_id = node_id
+                self._moved.add(cid)
+            self._rejoined_nodes.add(node_id)
+        return online
 
     # ------------------------------------------------------------------ legs
     def _by_node(self, cids) -> dict[int, list[int]]:
@@ -328,7 +395,7 @@ class MPSL:
         )
         for node_id in missing:
             log.warning(
-                "Node %d did not answer %s of step %s within step-timeout (%.0fs); its "
+                "Node %d did not answer %s of step %s within step-timeout (%.1fs); its "
                 "clients are dropped from this step.",
                 node_id,
                 message_type,
@@ -360,7 +427,9 @@ class MPSL:
             content = RecordDict(
                 {P.CONFIG: ConfigRecord(P.plan_record({c: plans[c] for c in cids}))}
             )
-            if self._head_record is not None and node_id not in self._synced_nodes:
+            if node_id in self._rejoined_nodes:
+                content[P.HEAD] = to_array_record(trainable_state(self.head))
+            elif self._head_record is not None and node_id not in self._synced_nodes:
                 content[P.HEAD] = self._head_record
             for cid in cids:
                 for key, record in self._restore_records(cid).items():
@@ -368,6 +437,7 @@ class MPSL:
             contents[node_id] = content
         replies = self._send(contents, P.FORWARD, group, stats)
         self._synced_nodes.update(replies)
+        self._rejoined_nodes.difference_update(replies)
         for node_id in replies:
             for cid in self._by_node(plans)[node_id]:
                 self._restore.pop(cid, None)

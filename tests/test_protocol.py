@@ -185,11 +185,13 @@ def test_a_client_that_errors_is_dropped_from_the_step_not_the_run(tiny, caplog)
         return msg
 
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        _mpsl, _, rows, _grid = run_mpsl(cfg, 3, fault=fail_second_loss_on_node_1001)
+        mpsl, _, rows, _ = run_mpsl(cfg, 3, fault=fail_second_loss_on_node_1001)
     assert "Node 1001 replied to train.loss of step e0s1 with an error" in caplog.text
     assert "injected failure" in caplog.text
     assert rows[0]["dropped-client-steps"] == 1
-    assert rows[0]["samples-trained"] < 96  # its batch of that step did not train
+    # Its batch of that step is trained in one step of overtime: nothing is lost.
+    assert rows[0]["samples-trained"] == 96
+    assert rows[0]["steps"] == mpsl.steps_per_epoch() + 1
 
 
 def test_a_client_that_times_out_is_dropped_and_never_double_booked(tiny, caplog):
@@ -217,3 +219,29 @@ def test_a_client_that_times_out_is_dropped_and_never_double_booked(tiny, caplog
     ]
     assert sent_after == []
     assert rows[0]["samples-trained"] > 0
+
+
+def test_a_dead_node_is_dropped_and_its_replacement_rejoins(tiny, caplog):
+    cfg = tiny(epochs=2, step_timeout=0.3, dirichlet_alpha=1.0)
+    grid = LocalGrid(client_app, 3, cfg.to_mapping())
+    events = {}
+
+    def die_then_come_back(node_id, msg):
+        group = msg.metadata.group_id
+        if group == "e0s1" and node_id == 1001 and "killed" not in events:
+            events["killed"] = True
+            grid.kill(1001)  # dies with this message unanswered
+            return None
+        if group == "e0s3" and "restarted" not in events:
+            events["restarted"] = grid.restart(1001)
+        return msg
+
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        mpsl, _, rows, _ = run_mpsl(cfg, 3, grid=grid, fault=die_then_come_back)
+    new_node = events["restarted"]
+    assert "Node 1001 did not answer" in caplog.text
+    assert f"Client 1 rejoined on node {new_node} (was node 1001)" in caplog.text
+    assert mpsl.clients[1].node_id == new_node
+    assert rows[0]["dropped-client-steps"] >= 1
+    assert rows[1]["samples-trained"] == 96  # everyone, the replacement included
+    assert rows[1]["dropped-client-steps"] == 0
