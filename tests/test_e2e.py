@@ -50,6 +50,36 @@ def test_mpsl_simulation_completes_and_writes_results(link, tmp_path):
     assert (outcome.run_dir / "history.png").exists()
 
 
+@pytest.mark.parametrize("strategy", ["fedavg", "fedclip", "centralized"])
+def test_every_baseline_completes_under_flwr_run(link, tmp_path, strategy):
+    outcome = flwr_run(
+        link,
+        {
+            "strategy": strategy,
+            "encoder-depth": 2,
+            "synthetic-train-size": 60,
+            "synthetic-test-size": 30,
+            "batch-size": 30,
+            "epochs": 2,
+            "progress": False,
+            "output-dir": str(tmp_path),
+        },
+        num_supernodes=2,
+        timeout=600,
+        stream=False,
+    )
+    assert outcome.status == "finished:completed", outcome
+    summary = json.loads((outcome.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["strategy"] == strategy
+    assert [row["epoch"] for row in summary["history"]] == [1, 2]
+    assert "test-accuracy" in summary["final"]
+    if strategy == "centralized":
+        assert summary["client-trainable-params"] == 0
+    else:
+        assert summary["history"][0]["samples-trained"] == 60
+        assert summary["history"][0]["mb-up-per-client"] > 0
+
+
 def test_a_bad_key_fails_before_anything_starts(link, tmp_path):
     with pytest.raises(ConfigError, match="Unknown run-config key 'no-such-key'"):
         flwr_run(
