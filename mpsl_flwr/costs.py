@@ -10,7 +10,10 @@ running a real step (attention included), never by hand arithmetic. What runs wh
   server: only aggregation (no FLOPs counted).
 * **Centralized**: everything on the server.
 
-All figures are per sample.
+FLOPs are per sample. Training memory is per step at the measured batch: weights,
+gradients and AdamW state of what trains, plus every tensor autograd saves for the
+backward pass (caught with ``torch.autograd.graph.saved_tensors_hooks``), so it also
+counts on the ``meta`` device, where ViT-H at 224x224 costs no real memory.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mpsl_flwr import tasks
 from mpsl_flwr.experiment import Experiment
-from mpsl_flwr.models.split_model import SplitModel, count_trainable
+from mpsl_flwr.models.split_model import SplitModel, build_head, build_server, count_trainable
+from mpsl_flwr.staging import STAGED_STRATEGIES, StageSchedule, run_parameters
 
 
 @dataclass(frozen=True)
@@ -38,9 +43,29 @@ class CostReport:
     client_gflops_fwd_bwd: float
     server_gflops_fwd: float
     server_gflops_fwd_bwd: float
+    client_train_mb: float = 0.0
+    server_train_mb: float = 0.0
 
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
+
+
+def _sample_batch(exp: Experiment, batch_size: int) -> dict[str, torch.Tensor]:
+    """A batch of the right shapes: real test samples for the built-in data, zeros else
+    (counting needs shapes only, and real datasets may not be on this machine)."""
+    info = exp.info
+    if info.name.startswith("synthetic-"):
+        return exp.test_set().batch(np.arange(batch_size))
+    batch: dict[str, torch.Tensor] = {"label": torch.zeros(batch_size, dtype=torch.int64)}
+    if "image" in info.modalities:
+        batch["image"] = torch.zeros(batch_size, 3, info.image_size, info.image_size)
+    if "audio" in info.modalities:
+        batch["audio"] = torch.zeros(batch_size, info.audio_frames, 128)
+    if "text" in info.modalities:
+        batch["text"] = torch.zeros(batch_size, info.text_length, dtype=torch.int64)
+    if info.kind == "retrieval":
+        batch["label"] = torch.arange(batch_size)
+    return batch
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -50,17 +75,52 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def training_memory_bytes(module: nn.Module, step: Callable[[], object]) -> int:
+    """Bytes one training step of ``module`` holds at its peak (see the module docstring):
+    the weights it runs, grads and two AdamW moments of the trainable ones, and the tensors
+    that ``step``'s forward saves for its backward (parameters not counted twice)."""
+    params = list(run_parameters(module))
+    param_ids = {id(p) for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t._base if t._base is not None else t
+        if id(t) not in param_ids and id(base) not in param_ids:
+            saved[id(t)] = _nbytes(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    weights = sum(_nbytes(p) for p in params)
+    trainable = sum(_nbytes(p) for p in params if p.requires_grad)
+    return weights + 3 * trainable + sum(saved.values())
+
+
 def _loss(exp: Experiment, model: SplitModel, out: torch.Tensor, batch) -> torch.Tensor:
     if exp.spec.kind == "retrieval":
         return tasks.contrastive_loss(out, model.server.tail.logit_scale)
     return tasks.classification_loss(out, batch["label"])
 
 
-def measure(exp: Experiment, batch_size: int = 4) -> CostReport:
-    """Trainable parameters and GFLOPs per sample of ``exp.cfg.strategy``."""
-    head, server = exp.initial_model()
+def measure(
+    exp: Experiment, batch_size: int = 2, device: str = "meta", stage: int = 0
+) -> CostReport:
+    """Trainable parameters, GFLOPs per sample and training memory of ``exp.cfg.strategy``
+    (for ``lw-fedmml`` and ``prog-fedmml``: in ``stage``, 0-based).
+
+    On the ``meta`` device (the default) every op runs on shapes only, so even ViT-H at
+    224x224 is counted in a second; ``device="cpu"`` runs the real arithmetic.
+    """
+    with torch.device(device):
+        head, server = build_head(exp.spec), build_server(exp.spec)
     model = SplitModel(head, server)
-    batch = exp.test_set().batch(np.arange(batch_size))
+    if exp.cfg.strategy in STAGED_STRATEGIES:
+        StageSchedule.from_config(exp.cfg).apply(model, stage)
+    batch = {k: v.to(device) for k, v in _sample_batch(exp, batch_size).items()}
     strategy = exp.cfg.strategy
 
     def head_fwd() -> None:
@@ -93,7 +153,7 @@ def measure(exp: Experiment, batch_size: int = 4) -> CostReport:
         if loss.requires_grad:
             loss.backward()
 
-    g = 1e9 * batch_size
+    g, mb = 1e9 * batch_size, 1e6
     if strategy == "mpsl":
         fwd = count_flops(head_fwd)
         return CostReport(
@@ -104,8 +164,36 @@ def measure(exp: Experiment, batch_size: int = 4) -> CostReport:
             (fwd + count_flops(head_fwd_bwd)) / g,
             count_flops(server_fwd) / g,
             count_flops(server_fwd_bwd) / g,
+            training_memory_bytes(head, head_fwd_bwd) / mb,
+            training_memory_bytes(server, server_fwd_bwd) / mb,
         )
     whole_fwd, whole = count_flops(model_fwd) / g, count_flops(model_fwd_bwd) / g
+    memory = training_memory_bytes(model, model_fwd_bwd) / mb
     if strategy == "centralized":
-        return CostReport(strategy, 0, count_trainable(model), 0.0, 0.0, whole_fwd, whole)
-    return CostReport(strategy, count_trainable(model), 0, whole_fwd, whole, 0.0, 0.0)
+        return CostReport(
+            strategy, 0, count_trainable(model), 0.0, 0.0, whole_fwd, whole, 0.0, memory
+        )
+    return CostReport(strategy, count_trainable(model), 0, whole_fwd, whole, 0.0, 0.0, memory)
+
+
+def run_costs(exp: Experiment, batch_size: int = 2) -> CostReport:
+    """Costs of a whole run: for the staged strategies, GFLOPs averaged over the run's
+    rounds (each round costs what its stage costs), parameters and memory at their peak;
+    for the others, :func:`measure`."""
+    if exp.cfg.strategy not in STAGED_STRATEGIES:
+        return measure(exp, batch_size)
+    schedule = StageSchedule.from_config(exp.cfg)
+    stages = [schedule.stage_of(r) for r in range(1, exp.cfg.epochs + 1)]
+    per_stage = {s: measure(exp, batch_size, stage=s) for s in set(stages)}
+    rounds = [per_stage[s] for s in stages]
+    return CostReport(
+        exp.cfg.strategy,
+        max(r.client_params for r in rounds),
+        0,
+        sum(r.client_gflops_fwd for r in rounds) / len(rounds),
+        sum(r.client_gflops_fwd_bwd for r in rounds) / len(rounds),
+        0.0,
+        0.0,
+        max(r.client_train_mb for r in rounds),
+        0.0,
+    )

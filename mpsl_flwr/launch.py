@@ -17,9 +17,11 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -171,6 +173,11 @@ def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
         tmp = tempfile.TemporaryDirectory(prefix="mpsl-flwr-home-")
         flwr_home = Path(tmp.name)
     link = LocalSuperLink(flwr_home)
+    # SIGTERM would otherwise end the interpreter without running ``finally`` and leave
+    # the SuperLink (its own session) orphaned on its ports.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     link.start()
     try:
         yield link
@@ -178,6 +185,12 @@ def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
         link.stop()
         if tmp is not None:
             tmp.cleanup()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @dataclass

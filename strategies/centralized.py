@@ -78,6 +78,7 @@ class Centralized:
                 row["train-accuracy"] = done.accuracy
             row.update(
                 {
+                    "samples-trained": done.samples,
                     "mb-down-per-client": 0.0,
                     "mb-up-per-client": 0.0,
                     "epoch-time-s": round(time.time() - t0, 3),

@@ -133,6 +133,11 @@ class ClientHead(nn.Module):
         self.pre_norm = nn.LayerNorm(width)
         self.early_fusion = early_fusion
 
+    @property
+    def width(self) -> int:
+        """Width of every token that crosses the cut layer."""
+        return self.pre_norm.normalized_shape[0]
+
     def stream_lengths(self) -> dict[str, int]:
         """Tokens per sample in each cut-layer stream."""
         lengths = {m: self.tokenizers[m].pos_embed.shape[1] for m in self.modalities}

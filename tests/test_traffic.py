@@ -1,0 +1,74 @@
+"""Bytes per client per epoch, measured on the real messages, against the analytic size.
+
+MPSL moves, per sample a client trains, its cut-layer activations up and their gradients
+down (tokens x width x dtype size), plus its head once each way per epoch. FedAvg moves
+the trainable arrays once each way per round. Everything else in the messages (configs,
+metrics, record framing) must stay under 2%.
+"""
+
+from __future__ import annotations
+
+import pytest
+from flwr.serverapp.strategy import FedAvg
+
+from clients.client_app import app as client_app
+from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.local_grid import LocalGrid
+from mpsl_flwr.models.split_model import count_trainable
+from strategies.fedavg import FederatedAveraging
+from strategies.mpsl import MPSL
+
+NODES = 3
+
+
+def mpsl_rows(cfg):
+    exp = Experiment.from_config(cfg)
+    head, server = exp.initial_model()
+    rows = []
+    MPSL(cfg, exp.spec, head, server).start(
+        LocalGrid(client_app, NODES, cfg.to_mapping()), on_epoch_end=rows.append
+    )
+    return exp, head, rows
+
+
+def analytic_mpsl_mb(head, row, dtype_bytes: int) -> float:
+    per_sample = sum(head.stream_lengths().values()) * head.width * dtype_bytes
+    cut_layer = row["samples-trained"] * per_sample / NODES
+    return (cut_layer + count_trainable(head) * 4) / 1e6
+
+
+@pytest.mark.parametrize("fusion", ["early", "late"])
+def test_mpsl_traffic_matches_the_analytic_size(tiny, fusion):
+    cfg = tiny(fusion=fusion, dirichlet_alpha=1000.0, checkpoint_every=0, encoder_depth=1)
+    _, head, rows = mpsl_rows(cfg)
+    expected = analytic_mpsl_mb(head, rows[0], 4)
+    assert rows[0]["mb-up-per-client"] == pytest.approx(expected, rel=0.02)
+    assert rows[0]["mb-down-per-client"] == pytest.approx(expected, rel=0.02)
+
+
+def test_float16_activations_halve_the_cut_layer_traffic(tiny):
+    base = dict(
+        dirichlet_alpha=1000.0, checkpoint_every=0, encoder_depth=1, synthetic_train_size=192
+    )
+    _, head, rows32 = mpsl_rows(tiny(**base))
+    _, _, rows16 = mpsl_rows(tiny(**base, activation_dtype="float16"))
+    head_mb = count_trainable(head) * 4 / 1e6
+    for way in ("up", "down"):
+        cut32 = rows32[0][f"mb-{way}-per-client"] - head_mb
+        cut16 = rows16[0][f"mb-{way}-per-client"] - head_mb
+        assert cut16 / cut32 == pytest.approx(0.5, rel=0.02), way
+        assert rows16[0][f"mb-{way}-per-client"] == pytest.approx(
+            analytic_mpsl_mb(head, rows16[0], 2), rel=0.02
+        )
+
+
+def test_fedavg_traffic_is_the_trainable_arrays_once_each_way(tiny):
+    cfg = tiny(strategy="fedavg", encoder_depth=2, finetune_blocks=1)
+    exp = Experiment.from_config(cfg)
+    runner = FederatedAveraging(exp, FedAvg)
+    rows = []
+    runner.start(LocalGrid(client_app, NODES, cfg.to_mapping()), None, rows.append)
+    head, server = exp.initial_model()
+    expected = (count_trainable(head) + count_trainable(server)) * 4 / 1e6
+    assert rows[0]["mb-up-per-client"] == pytest.approx(expected, rel=0.02)
+    assert rows[0]["mb-down-per-client"] == pytest.approx(expected, rel=0.02)
