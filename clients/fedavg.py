@@ -1,4 +1,4 @@
-"""ClientApp handler of the FedAvg family (stock FedAvg and FedCLIP).
+"""ClientApp handler of the FedAvg family (stock FedAvg, FedCLIP, LW- and Prog-FedMML).
 
 One ``train`` message is one round: each logical client on this node starts from the
 global trainable arrays, trains one local epoch on its partition with mini-batches of
@@ -6,24 +6,43 @@ global trainable arrays, trains one local epoch on its partition with mini-batch
 ``context.state``, and the node replies with the sample-weighted average of its
 clients' arrays (for one client per node: exactly that client's arrays), which keeps
 FedAvg over nodes equal to FedAvg over logical clients.
+
+Staged strategies (``strategies/staged.py``) add the round's ``stage`` to the config: the
+model runs and trains only that stage's part, and the frozen blocks the server sends at a
+stage switch are kept in ``context.state`` for the rest of the stage.
 """
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clients.runtime import NodeRuntime
 from mpsl_flwr.data.partition import client_seed, steps_per_epoch
 from mpsl_flwr.models.split_model import trainable_state
 from mpsl_flwr.optim import make_optimizer, scheduled_lr
+from mpsl_flwr.staging import FROZEN
 from mpsl_flwr.state import load_optimizer, save_optimizer, to_array_record
 from mpsl_flwr.trainer import train_epoch
 from strategies.discovery import client_batch_size
 
 
-def local_optim_key(cid: int) -> str:
-    return f"local-optim.{cid}"
+def local_optim_key(cid: int, stage: int | None = None) -> str:
+    # A stage trains other parameters: its AdamW state starts afresh.
+    return f"local-optim.{cid}" if stage is None else f"local-optim.{cid}.stage{stage}"
+
+
+def frozen_blocks(msg: Message, state: RecordDict, stage: int | None) -> ArrayRecord | None:
+    """The frozen blocks of ``stage``: from the message (and kept), or kept earlier."""
+    if stage is None:
+        return None
+    if FROZEN in msg.content:
+        state[FROZEN] = msg.content[FROZEN]
+        state[FROZEN + ".stage"] = ConfigRecord({"stage": stage})
+        return msg.content[FROZEN]
+    if FROZEN in state and int(state[FROZEN + ".stage"]["stage"]) == stage:  # type: ignore[arg-type]
+        return state[FROZEN]  # type: ignore[return-value]
+    return None
 
 
 def train(msg: Message, context: Context) -> Message:
@@ -31,14 +50,17 @@ def train(msg: Message, context: Context) -> Message:
     rt = NodeRuntime.from_context(context)
     cfg = rt.cfg
     global_arrays = msg.content["arrays"]
-    server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+    config = msg.content["config"]
+    server_round = int(config["server-round"])  # type: ignore[arg-type]
+    stage = int(config["stage"]) if "stage" in config else None  # type: ignore[arg-type]
+    frozen = frozen_blocks(msg, context.state, stage)
     b = client_batch_size(cfg.batch_size, rt.num_clients)
     records, loss_sum, correct, seen = [], 0.0, 0, 0
     for cid in rt.client_ids:
         rows = rt.partition(cid)
-        model = rt.full_model(global_arrays)
+        model = rt.full_model(global_arrays, stage, frozen)
         optimizer = make_optimizer(model.parameters(), cfg)
-        load_optimizer(context.state, local_optim_key(cid), optimizer)
+        load_optimizer(context.state, local_optim_key(cid, stage), optimizer)
         steps = steps_per_epoch(len(rows), b)
         total = steps * cfg.epochs
         done = train_epoch(
@@ -53,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
             rt.exp.spec.kind,
             rt.device,
         )
-        save_optimizer(context.state, local_optim_key(cid), optimizer)
+        save_optimizer(context.state, local_optim_key(cid, stage), optimizer)
         if done.samples:
             records.append(
                 RecordDict(

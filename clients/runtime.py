@@ -31,6 +31,7 @@ from mpsl_flwr.models.split_model import (
 )
 from mpsl_flwr.optim import make_optimizer, resolve_device
 from mpsl_flwr.split_client import SplitClient
+from mpsl_flwr.staging import StageSchedule, load_named
 from mpsl_flwr.state import (
     from_array_record,
     load_module,
@@ -129,9 +130,26 @@ class NodeRuntime:
         ``context.state`` (in the order of ``protocol.CLIENT_STATE_PARTS``)."""
         return head_state_key(cid), optim_state_key(cid), optim_state_key(cid) + ".cfg"
 
-    def full_model(self, arrays: ArrayRecord) -> SplitModel:
-        """The whole model with its trainable parameters set to ``arrays`` (FedAvg family)."""
+    def full_model(
+        self, arrays: ArrayRecord, stage: int | None = None, frozen: ArrayRecord | None = None
+    ) -> SplitModel:
+        """The whole model with its trainable parameters set to ``arrays`` (FedAvg family).
+
+        For a staged strategy, the model is put in ``stage`` first and ``frozen`` (the
+        blocks earlier stages trained, which this stage runs frozen) is loaded too.
+        """
         model = _cached_model(self.exp)
+        if stage is not None:
+            schedule = StageSchedule.from_config(self.cfg)
+            schedule.apply(model, stage)
+            needed = schedule.frozen_state(model, stage)
+            if needed and frozen is None:
+                raise RuntimeError(
+                    f"This node lacks the frozen blocks of stage {stage + 1}; the server "
+                    "sends them to every node that has not yet replied in this stage."
+                )
+            if needed:
+                load_named(model, from_array_record(frozen))
         load_trainable_state(model, from_array_record(arrays))
         return model.to(self.device)
 

@@ -8,9 +8,10 @@ SuperLink (see :mod:`mpsl_flwr.launch`); centralized training runs in this proce
 through the same entry point and writes the same files. The command writes to ``--out``:
 
 * ``table.md`` and ``table.csv``: per strategy, mean ± std over seeds of the final test
-  metric, client trainable parameters, client GFLOPs per sample (measured,
-  :mod:`mpsl_flwr.costs`), MB per client per epoch (measured on the messages), and the
-  rounds needed to reach 95% of the run's peak;
+  metric, client trainable parameters, client GFLOPs per sample and training memory of
+  one client step (measured, :mod:`mpsl_flwr.costs`; for the staged strategies GFLOPs
+  averaged over the rounds and memory at its peak stage), MB per client per epoch and
+  over the run (measured on the messages), and the rounds to reach 95% of the peak;
 * ``curves.png``: test metric against epoch/round, mean over seeds with a ±std band;
 * ``comparison.json``: all of it, plus where each run's own files are.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -28,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
-from mpsl_flwr.costs import measure
+from mpsl_flwr.costs import run_costs
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.launch import PROJECT_DIR, flwr_run, local_superlink
 
-STRATEGIES = ("mpsl", "fedavg", "fedclip", "centralized")
+STRATEGIES = ("mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized")
 
 
 def headline_metric(kind: str) -> str:
@@ -94,7 +96,7 @@ def run_all(
 
 
 def summarise(
-    records: list[dict[str, Any]], overrides: dict[str, Any]
+    records: list[dict[str, Any]], overrides: dict[str, Any], nodes: int
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[float]]]]:
     """Table rows (one per strategy) and the per-seed curves behind the plot."""
     rows, curves = [], {}
@@ -116,7 +118,7 @@ def summarise(
             np.mean([h["mb-up-per-client"] + h["mb-down-per-client"] for h in s["history"]])
             for s in summaries
         ]
-        cost = measure(exp)
+        cost = run_costs(exp, math.ceil(cfg.batch_size / nodes))
         rows.append(
             {
                 "strategy": strategy,
@@ -126,7 +128,9 @@ def summarise(
                 "final-std": float(np.std(finals)),
                 "client-trainable-params": int(summaries[0].get("client-trainable-params", 0)),
                 "client-gflops-per-sample": cost.client_gflops_fwd_bwd,
+                "client-train-mb": cost.client_train_mb,
                 "mb-per-client-per-epoch": float(np.mean(mb)),
+                "mb-per-client-total": float(np.mean(mb)) * len(per_seed[0]),
                 "rounds-to-95pct-peak": float(
                     np.mean([rounds_to_fraction_of_peak(c) for c in per_seed])
                 ),
@@ -140,17 +144,19 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
     """``table.md`` and ``table.csv``; returns the Markdown."""
     header = (
         "| strategy | runs | final test metric (mean ± std) | client trainable params | "
-        "client GFLOPs / sample | MB / client / epoch | rounds to 95% of peak |"
+        "client GFLOPs / sample | client train step MB | MB / client / epoch | "
+        "MB / client, run | rounds to 95% of peak |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r["runs"]:
-            lines.append(f"| {r['strategy']} | 0 | failed | | | | |")
+            lines.append(f"| {r['strategy']} | 0 | failed | | | | | | |")
             continue
         lines.append(
             f"| {r['strategy']} | {r['runs']} | {r['final-mean']:.4f} ± {r['final-std']:.4f} "
             f"({r['metric']}) | {r['client-trainable-params'] / 1e6:.3f} M | "
-            f"{r['client-gflops-per-sample']:.4f} | {r['mb-per-client-per-epoch']:.2f} | "
+            f"{r['client-gflops-per-sample']:.4f} | {r['client-train-mb']:.1f} | "
+            f"{r['mb-per-client-per-epoch']:.2f} | {r['mb-per-client-total']:.1f} | "
             f"{r['rounds-to-95pct-peak']:.1f} |"
         )
     text = "\n".join(lines) + "\n"
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     records = run_all(strategies, seeds, args.nodes, overrides, out, args.timeout)
-    rows, curves = summarise(records, overrides)
+    rows, curves = summarise(records, overrides, args.nodes)
     table = write_table(rows, out)
     title = (
         f"{base.dataset}, {args.nodes} clients, alpha={base.dirichlet_alpha}, seeds {args.seeds}"

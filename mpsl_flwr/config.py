@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-Strategy = Literal["mpsl", "fedavg", "fedclip", "centralized"]
+Strategy = Literal["mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized"]
 ModelSize = Literal["tiny", "small", "base", "large", "huge"]
 Fusion = Literal["auto", "early", "late"]
 HeadSync = Literal["push", "keep"]
@@ -66,6 +66,8 @@ class RunConfig:
     temperature: float = 0.07
     fedclip_adapter: AdapterSharing = "per-modality"
     fedclip_train_tokenizers: bool = False
+    stage_blocks: int = 2
+    stage_rounds: int = 0
     # Optimisation
     batch_size: int = 64
     epochs: int = 6
@@ -251,6 +253,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         "clients_per_node",
         "eval_batch_size",
         "retrieval_clusters",
+        "stage_blocks",
     )
     for name in positive:
         if getattr(cfg, name) <= 0:
@@ -268,6 +271,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         "encoder_depth",
         "min_nodes",
         "checkpoint_every",
+        "stage_rounds",
     ):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"Run-config key '{_key(name)}' must be >= 0 (0 = the default).")

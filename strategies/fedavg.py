@@ -47,6 +47,10 @@ class FederatedAveraging:
         self.head, self.server_model = exp.initial_model()
         self.clients: dict[int, ClientInfo] = {}
 
+    def make_strategy(self, **kwargs: Any) -> FedAvg:
+        """The Flower strategy, built with the runner's settings (subclasses add theirs)."""
+        return self.strategy_cls(**kwargs)
+
     def start(
         self,
         grid: Grid,
@@ -71,7 +75,7 @@ class FederatedAveraging:
             )
             return aggregated
 
-        strategy = self.strategy_cls(
+        strategy = self.make_strategy(
             fraction_train=1.0,
             fraction_evaluate=0.0,
             min_train_nodes=nodes,

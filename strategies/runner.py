@@ -7,6 +7,7 @@ writes the same files (see :mod:`mpsl_flwr.results`).
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,15 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     except BaseException as err:
         recorder.fail(err)
         raise
+    # Peak resident memory of the process that ran the server side (the ServerApp
+    # process under `flwr run`); Linux reports kilobytes.
+    recorder.update(
+        **{
+            "server-peak-rss-mb": round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+            )
+        }
+    )
     recorder.finish(final)
     columns = [c for c in TABLE_COLUMNS if recorder.history and c in recorder.history[0]]
     print("\n" + format_table(recorder.history, columns), flush=True)
@@ -93,17 +103,21 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
         mpsl = MPSL(cfg, exp.spec, head, server)
         recorder.update(**exp.parameter_counts(head, server))
         mpsl.start(grid, evaluate, _with_clients(recorder, mpsl), checkpointing)
-    elif cfg.strategy in ("fedavg", "fedclip"):
+    elif cfg.strategy in ("fedavg", "fedclip", "lw-fedmml", "prog-fedmml"):
         from flwr.serverapp.strategy import FedAvg
 
         from strategies.fedavg import FederatedAveraging
         from strategies.fedclip import FedCLIP
+        from strategies.staged import StagedTraining
 
         if grid is None:
             raise ValueError(
                 f"strategy={cfg.strategy} needs a Flower grid: run it with `flwr run`."
             )
-        runner = FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg)
+        if cfg.strategy in ("lw-fedmml", "prog-fedmml"):
+            runner = StagedTraining(exp)
+        else:
+            runner = FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg)
         recorder.update(**_client_side_counts(exp, runner.head, runner.server_model))
         runner.start(grid, evaluate, _with_clients(recorder, runner))
     else:  # pragma: no cover - RunConfig validates the choices

@@ -85,3 +85,32 @@ def test_a_bad_key_fails_before_anything_starts(link, tmp_path):
         flwr_run(
             link, {"no-such-key": 1, "output-dir": str(tmp_path)}, num_supernodes=2, stream=False
         )
+
+
+@pytest.mark.parametrize("strategy", ["lw-fedmml", "prog-fedmml"])
+def test_staged_strategies_complete_under_flwr_run(link, tmp_path, strategy):
+    """Two stages of one block each: the stage switch (and, for LW, the frozen blocks
+    sent to every node) goes through Ray's virtual clients."""
+    outcome = flwr_run(
+        link,
+        {
+            "strategy": strategy,
+            "encoder-depth": 2,
+            "stage-blocks": 1,
+            "synthetic-train-size": 60,
+            "synthetic-test-size": 30,
+            "batch-size": 30,
+            "epochs": 2,
+            "progress": False,
+            "output-dir": str(tmp_path),
+        },
+        num_supernodes=2,
+        timeout=600,
+        stream=False,
+    )
+    assert outcome.status == "finished:completed", outcome
+    history = json.loads((outcome.run_dir / "summary.json").read_text())["history"]
+    assert [row["samples-trained"] for row in history] == [60, 60]
+    # LW's second stage sends one block instead of the head and a block; plus the frozen
+    # ones once. Prog's second stage sends both blocks and the head.
+    assert history[1]["mb-up-per-client"] != history[0]["mb-up-per-client"]

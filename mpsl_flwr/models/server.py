@@ -26,6 +26,8 @@ class Encoder(nn.Module):
             Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(width)
+        # Layer-wise/progressive training runs only ``blocks[:run_depth]`` (None = all).
+        self.run_depth: int | None = None
         self.apply(_init_weights)
 
     def set_trainable_blocks(self, k: int) -> None:
@@ -36,7 +38,7 @@ class Encoder(nn.Module):
         self.norm.requires_grad_(k > 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        for block in self.blocks:
+        for block in self.blocks[: self.run_depth]:
             x = block(x)
         return self.norm(x)
 
