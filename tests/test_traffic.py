@@ -72,3 +72,25 @@ def test_fedavg_traffic_is_the_trainable_arrays_once_each_way(tiny):
     expected = (count_trainable(head) + count_trainable(server)) * 4 / 1e6
     assert rows[0]["mb-up-per-client"] == pytest.approx(expected, rel=0.02)
     assert rows[0]["mb-down-per-client"] == pytest.approx(expected, rel=0.02)
+
+
+def test_sweep_extrapolation_matches_a_real_epoch(tiny):
+    """The Figure-3 sweep's scaling from two short probes predicts a longer real epoch."""
+    from mpsl_flwr.traffic_sweep import measure_size, probe_config
+
+    base = tiny(checkpoint_every=0)
+    real = mpsl_rows(probe_config(base, "tiny", "mpsl", NODES, 5))[2][0]
+    predicted = measure_size(base, "tiny", "mpsl", NODES, real["samples-trained"] / NODES)
+    assert predicted[0] == pytest.approx(real["mb-up-per-client"], rel=0.01)
+    assert predicted[1] == pytest.approx(real["mb-down-per-client"], rel=0.01)
+
+
+def test_cost_table_rows_and_ratios(tiny):
+    from mpsl_flwr.cost_table import cost_rows, ratio_lines
+
+    rows = cost_rows(tiny(encoder_depth=2), ["tiny"], ["mpsl", "fedavg", "lw-fedmml"], 4)
+    assert [r["strategy"] for r in rows] == ["mpsl", "fedavg", "lw-fedmml"]
+    mpsl, fedavg, _ = rows
+    assert mpsl["client-gflops-fwd-bwd"] < fedavg["client-gflops-fwd-bwd"]
+    assert mpsl["server-gflops-fwd-bwd"] > 0 and fedavg["server-params"] == 0
+    assert "FedAvg / MPSL client GFLOPs" in ratio_lines(rows)[0]

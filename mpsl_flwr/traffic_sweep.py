@@ -1,0 +1,193 @@
+"""``mpsl-traffic-sweep``: MB per client per epoch against encoder size (the paper's Fig. 3).
+
+    mpsl-traffic-sweep                                # built-in V+T task, 10 clients
+    mpsl-traffic-sweep --run-config "image-size=224" --samples-per-client 7800
+
+Every figure comes from real Flower messages (the real ClientApp over
+:class:`~mpsl_flwr.local_grid.LocalGrid`, metered like every run), over a few steps,
+then scaled exactly:
+
+* **MPSL** moves cut-layer activations and gradients per sample, plus the head once per
+  epoch. Two one-epoch runs with different numbers of samples per client give both
+  terms (bytes = per-sample x samples + per-epoch); the epoch then has
+  ``--samples-per-client`` samples. One encoder block suffices: the cut layer does not
+  depend on depth.
+* **FedAvg** (and LW/Prog-FedMML) moves the trainable arrays once per round: runs with
+  one and with two trainable blocks give the bytes of the rest and of one block; the
+  full encoder has ``depth`` of them (``finetune-blocks`` of them train).
+* **FedCLIP** moves adapters and head only, whatever the depth: measured as is.
+
+It writes ``traffic.csv`` and ``traffic.png`` and prints the table and the crossover:
+the encoder sizes where FedAvg costs less than MPSL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from clients.client_app import app as client_app
+from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
+from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.launch import PROJECT_DIR
+from mpsl_flwr.local_grid import LocalGrid
+from mpsl_flwr.models.sizes import ENCODER_SIZES
+
+STRATEGIES = ("mpsl", "fedavg", "fedclip")
+PROBE_BATCH = 4  # samples per client per step in the probe runs
+
+
+def _one_epoch(cfg: RunConfig, nodes: int) -> dict:
+    """Run one epoch of ``cfg.strategy`` over real messages; return its history row."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.fedavg import FederatedAveraging
+    from strategies.fedclip import FedCLIP
+    from strategies.mpsl import MPSL
+
+    exp = Experiment.from_config(cfg)
+    grid = LocalGrid(client_app, nodes, cfg.to_mapping())
+    rows: list[dict] = []
+    if cfg.strategy == "mpsl":
+        head, server = exp.initial_model()
+        MPSL(cfg, exp.spec, head, server).start(grid, on_epoch_end=rows.append)
+    else:
+        FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg).start(
+            grid, None, rows.append
+        )
+    return rows[0]
+
+
+def _mb(row: dict) -> tuple[float, float]:
+    return row["mb-up-per-client"], row["mb-down-per-client"]
+
+
+def probe_config(base: RunConfig, size: str, strategy: str, nodes: int, steps: int) -> RunConfig:
+    return base.replace(
+        strategy=strategy,
+        model_size=size,
+        encoder_depth=1,
+        finetune_blocks=-1,
+        epochs=1,
+        batch_size=PROBE_BATCH * nodes,
+        synthetic_train_size=PROBE_BATCH * nodes * steps,
+        dirichlet_alpha=1e6,
+        min_partition_size=0,
+        checkpoint_every=0,
+        progress=False,
+    )
+
+
+def measure_size(
+    base: RunConfig, size: str, strategy: str, nodes: int, samples_per_client: float
+) -> tuple[float, float]:
+    """MB per client per epoch (up, down) of ``strategy`` at encoder ``size``."""
+    if strategy == "mpsl":
+        a_row = _one_epoch(probe_config(base, size, strategy, nodes, 1), nodes)
+        b_row = _one_epoch(probe_config(base, size, strategy, nodes, 2), nodes)
+        sa, sb = a_row["samples-trained"] / nodes, b_row["samples-trained"] / nodes
+        out = []
+        for a, b in zip(_mb(a_row), _mb(b_row), strict=True):
+            per_sample = (b - a) / (sb - sa)
+            out.append(a + per_sample * (samples_per_client - sa))
+        return out[0], out[1]
+    one = _mb(_one_epoch(probe_config(base, size, strategy, nodes, 1), nodes))
+    if strategy == "fedclip":
+        return one
+    two_cfg = probe_config(base, size, strategy, nodes, 1).replace(encoder_depth=2)
+    two = _mb(_one_epoch(two_cfg, nodes))
+    blocks = base.replace(model_size=size).trainable_blocks
+    return tuple(o + (t - o) * (blocks - 1) for o, t in zip(one, two, strict=True))  # type: ignore[return-value]
+
+
+def crossover(rows: list[dict]) -> str:
+    """Which sizes FedAvg is cheaper at, and where MPSL takes over."""
+    by = {(r["size"], r["strategy"]): r["mb-total"] for r in rows}
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    cheaper = [s for s in sizes if by.get((s, "fedavg"), 0) < by.get((s, "mpsl"), 0)]
+    if not cheaper:
+        return "MPSL moves fewer bytes than FedAvg at every size measured."
+    if len(cheaper) == len(sizes):
+        return "FedAvg moves fewer bytes than MPSL at every size measured."
+    first = next(s for s in sizes if s not in cheaper)
+    return f"FedAvg moves fewer bytes only at {', '.join(cheaper)}; MPSL from {first} up."
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        ys = [
+            next(r["mb-total"] for r in rows if r["size"] == s and r["strategy"] == strategy)
+            for s in sizes
+        ]
+        ax.plot(sizes, ys, marker="o", label=strategy)
+    ax.set_yscale("log")
+    ax.set_xlabel("encoder size")
+    ax.set_ylabel("MB per client per epoch (up + down)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mpsl-traffic-sweep", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument(
+        "--samples-per-client",
+        type=float,
+        default=0.0,
+        help="training samples per client per epoch (default: the train split / nodes)",
+    )
+    parser.add_argument("--run-config", default="", help="'key=value ...' (dataset, image-size)")
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "traffic")
+    args = parser.parse_args(argv)
+    for name in ("mpsl_flwr", "flwr"):  # the probe runs' own logs would bury the table
+        logging.getLogger(name).setLevel(logging.WARNING)
+    base = resolve_config(parse_overrides([args.run_config]) if args.run_config else {})
+    samples = args.samples_per_client or len(Experiment.from_config(base).train_set()) / args.nodes
+    rows = []
+    for size in args.sizes:
+        for strategy in args.strategies:
+            up, down = measure_size(base, size, strategy, args.nodes, samples)
+            row = {
+                "size": size,
+                "strategy": strategy,
+                "mb-up": up,
+                "mb-down": down,
+                "mb-total": up + down,
+            }
+            rows.append(row)
+            print(f"{size:>5} {strategy:>8}: {up:10.2f} MB up {down:10.2f} MB down", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "traffic.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    info = Experiment.from_config(base).info
+    title = (
+        f"{base.dataset}, {info.image_size}px, {samples:.0f} samples per client per epoch, "
+        f"{args.nodes} clients"
+    )
+    plot(rows, args.out / "traffic.png", title)
+    print(crossover(rows))
+    print(f"Wrote {args.out / 'traffic.csv'} and {args.out / 'traffic.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
