@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/compare-vt}
 exec "$PY" -m mpsl_flwr.compare \
-  --strategies mpsl,fedavg,fedclip,centralized \
+  --strategies mpsl,fedavg,fedclip,lw-fedmml,prog-fedmml,centralized \
   --seeds 0,1,2 \
   --nodes 10 \
   --run-config "dataset=synthetic-vqa dirichlet-alpha=0.1 encoder-depth=4 synthetic-train-size=1500 synthetic-test-size=400 epochs=5 progress=false" \
