@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="'key=value ...' (dataset, image-size)")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "traffic")
     args = parser.parse_args(argv)
-    for name in ("mpsl_flwr", "flwr"):  # the probe runs' own logs would bury the table
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # The probe runs' own logs (and FedAvg's note on skipped evaluation) would bury the table.
+    logging.getLogger("mpsl_flwr").setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
     base = resolve_config(parse_overrides([args.run_config]) if args.run_config else {})
     samples = args.samples_per_client or len(Experiment.from_config(base).train_set()) / args.nodes
     rows = []
