@@ -117,19 +117,30 @@ def read_plans(config: ConfigRecord, prefix: str = "") -> dict[int, BatchPlan]:
     }
 
 
-def message_bytes(message: Message) -> int:
-    """Payload size of a message: the bytes of all its records."""
-    if not message.has_content():
-        return 0
-    return sum(record.count_bytes() for record in message.content.values())
-
-
 @dataclass
 class TrafficMeter:
     """Bytes sent to and received from each node, measured on the actual messages."""
 
     sent: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     received: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    # Bytes by record kind ("act", "head", "config", ...: the record name up to its
+    # first dot) and direction, plus how many records of that kind went that way.
+    by_record: dict[tuple[str, str], list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0])
+    )
+
+    def count(self, message: Message, direction: str) -> int:
+        """Add one message's records to the per-kind tally; return its payload bytes."""
+        if not message.has_content():
+            return 0
+        total = 0
+        for name, record in message.content.items():
+            size = record.count_bytes()
+            tally = self.by_record[(direction, name.split(".", 1)[0])]
+            tally[0] += size
+            tally[1] += 1
+            total += size
+        return total
 
     def snapshot(self) -> tuple[dict[int, int], dict[int, int]]:
         return dict(self.sent), dict(self.received)
@@ -223,13 +234,13 @@ class MeteredGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         for msg in messages:
-            self.meter.sent[msg.metadata.dst_node_id] += message_bytes(msg)
+            self.meter.sent[msg.metadata.dst_node_id] += self.meter.count(msg, "down")
         return self.inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         replies = list(self.inner.pull_messages(message_ids))
         for reply in replies:
-            self.meter.received[reply.metadata.src_node_id] += message_bytes(reply)
+            self.meter.received[reply.metadata.src_node_id] += self.meter.count(reply, "up")
         return replies
 
     def send_and_receive(

@@ -7,11 +7,12 @@ Every figure comes from real Flower messages (the real ClientApp over
 :class:`~mpsl_flwr.local_grid.LocalGrid`, metered like every run), over a few steps,
 then scaled exactly:
 
-* **MPSL** moves cut-layer activations and gradients per sample, plus the head once per
-  epoch. Two one-epoch runs with different numbers of samples per client give both
-  terms (bytes = per-sample x samples + per-epoch); the epoch then has
-  ``--samples-per-client`` samples. One encoder block suffices: the cut layer does not
-  depend on depth.
+* **MPSL** moves, per sample, cut-layer activations and gradients (with the step's
+  small config and loss records), plus one head each way per client per epoch. A
+  three-step epoch at the run's own global batch gives both: the head records are
+  metered by name, and everything else divided by the samples trained is the per-sample
+  cost; an epoch of ``--samples-per-client`` samples is then exact arithmetic. One
+  encoder block suffices: the cut layer does not depend on depth.
 * **FedAvg** (and LW/Prog-FedMML) moves the trainable arrays once per round: runs with
   one and with two trainable blocks give the bytes of the rest and of one block; the
   full encoder has ``depth`` of them (``finetune-blocks`` of them train).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -39,13 +41,15 @@ from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.launch import PROJECT_DIR
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.models.sizes import ENCODER_SIZES
+from mpsl_flwr.protocol import TrafficMeter
 
 STRATEGIES = ("mpsl", "fedavg", "fedclip")
-PROBE_BATCH = 4  # samples per client per step in the probe runs
+PROBE_STEPS = 3
 
 
-def _one_epoch(cfg: RunConfig, nodes: int) -> dict:
-    """Run one epoch of ``cfg.strategy`` over real messages; return its history row."""
+def _one_epoch(cfg: RunConfig, nodes: int) -> tuple[dict, TrafficMeter | None]:
+    """Run one epoch of ``cfg.strategy`` over real messages; its history row, and for
+    MPSL the traffic meter."""
     from flwr.serverapp.strategy import FedAvg
 
     from strategies.fedavg import FederatedAveraging
@@ -57,12 +61,13 @@ def _one_epoch(cfg: RunConfig, nodes: int) -> dict:
     rows: list[dict] = []
     if cfg.strategy == "mpsl":
         head, server = exp.initial_model()
-        MPSL(cfg, exp.spec, head, server).start(grid, on_epoch_end=rows.append)
-    else:
-        FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg).start(
-            grid, None, rows.append
-        )
-    return rows[0]
+        mpsl = MPSL(cfg, exp.spec, head, server)
+        mpsl.start(grid, on_epoch_end=rows.append)
+        return rows[0], mpsl.meter
+    FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg).start(
+        grid, None, rows.append
+    )
+    return rows[0], None
 
 
 def _mb(row: dict) -> tuple[float, float]:
@@ -70,14 +75,15 @@ def _mb(row: dict) -> tuple[float, float]:
 
 
 def probe_config(base: RunConfig, size: str, strategy: str, nodes: int, steps: int) -> RunConfig:
+    """A short, IID, one-epoch run of ``strategy`` at the run's own per-client batch."""
+    per_client = math.ceil(base.batch_size / nodes)
     return base.replace(
         strategy=strategy,
         model_size=size,
         encoder_depth=1,
         finetune_blocks=-1,
         epochs=1,
-        batch_size=PROBE_BATCH * nodes,
-        synthetic_train_size=PROBE_BATCH * nodes * steps,
+        synthetic_train_size=per_client * nodes * steps,
         dirichlet_alpha=1e6,
         min_partition_size=0,
         checkpoint_every=0,
@@ -90,19 +96,19 @@ def measure_size(
 ) -> tuple[float, float]:
     """MB per client per epoch (up, down) of ``strategy`` at encoder ``size``."""
     if strategy == "mpsl":
-        a_row = _one_epoch(probe_config(base, size, strategy, nodes, 1), nodes)
-        b_row = _one_epoch(probe_config(base, size, strategy, nodes, 2), nodes)
-        sa, sb = a_row["samples-trained"] / nodes, b_row["samples-trained"] / nodes
+        row, meter = _one_epoch(probe_config(base, size, strategy, nodes, PROBE_STEPS), nodes)
+        assert meter is not None
         out = []
-        for a, b in zip(_mb(a_row), _mb(b_row), strict=True):
-            per_sample = (b - a) / (sb - sa)
-            out.append(a + per_sample * (samples_per_client - sa))
+        for mb, way in zip(_mb(row), ("up", "down"), strict=True):
+            head_bytes, heads = meter.by_record[(way, "head")]
+            per_sample = (mb * 1e6 * nodes - head_bytes) / row["samples-trained"]
+            out.append((per_sample * samples_per_client + head_bytes / max(1, heads)) / 1e6)
         return out[0], out[1]
-    one = _mb(_one_epoch(probe_config(base, size, strategy, nodes, 1), nodes))
+    one = _mb(_one_epoch(probe_config(base, size, strategy, nodes, 1), nodes)[0])
     if strategy == "fedclip":
         return one
     two_cfg = probe_config(base, size, strategy, nodes, 1).replace(encoder_depth=2)
-    two = _mb(_one_epoch(two_cfg, nodes))
+    two = _mb(_one_epoch(two_cfg, nodes)[0])
     blocks = base.replace(model_size=size).trainable_blocks
     return tuple(o + (t - o) * (blocks - 1) for o, t in zip(one, two, strict=True))  # type: ignore[return-value]
 
@@ -110,8 +116,11 @@ def measure_size(
 def crossover(rows: list[dict]) -> str:
     """Which sizes FedAvg is cheaper at, and where MPSL takes over."""
     by = {(r["size"], r["strategy"]): r["mb-total"] for r in rows}
-    sizes = list(dict.fromkeys(r["size"] for r in rows))
-    cheaper = [s for s in sizes if by.get((s, "fedavg"), 0) < by.get((s, "mpsl"), 0)]
+    sizes = [s for s in dict.fromkeys(r["size"] for r in rows) if (s, "fedavg") in by]
+    sizes = [s for s in sizes if (s, "mpsl") in by]
+    if not sizes:
+        return "No crossover: it needs both mpsl and fedavg in --strategies."
+    cheaper = [s for s in sizes if by[(s, "fedavg")] < by[(s, "mpsl")]]
     if not cheaper:
         return "MPSL moves fewer bytes than FedAvg at every size measured."
     if len(cheaper) == len(sizes):
