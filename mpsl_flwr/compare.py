@@ -126,7 +126,8 @@ def summarise(
                 "metric": metric,
                 "final-mean": float(np.mean(finals)),
                 "final-std": float(np.std(finals)),
-                "client-trainable-params": int(summaries[0].get("client-trainable-params", 0)),
+                # Measured like the GFLOPs (for the staged strategies: the largest stage).
+                "client-trainable-params": cost.client_params,
                 "client-gflops-per-sample": cost.client_gflops_fwd_bwd,
                 "client-train-mb": cost.client_train_mb,
                 "mb-per-client-per-epoch": float(np.mean(mb)),
