@@ -44,7 +44,13 @@ from mpsl_flwr import flower_patches
 from mpsl_flwr.certs import NodeKey, TlsFiles, make_node_key, make_tls
 from mpsl_flwr.config import parse_overrides, resolve_config
 from mpsl_flwr.launch import PROJECT_DIR, FlwrCli, RunOutcome, flwr_run, report
-from mpsl_flwr.processes import ManagedProcess, executable, free_port, wait_for
+from mpsl_flwr.processes import (
+    ManagedProcess,
+    executable,
+    free_port,
+    sigterm_raises_exit,
+    wait_for,
+)
 
 CONNECTION = "mpsl-deploy"
 CODE_DIR = Path(__file__).resolve().parent.parent
@@ -391,13 +397,14 @@ def deployment(options: DeployOptions, keep_workdir: bool = False) -> Iterator[D
         workdir = Path(tmp)
     workdir.mkdir(parents=True, exist_ok=True)
     dep = Deployment(options, workdir.resolve())
-    try:
-        dep.start()
-        yield dep
-    finally:
-        dep.stop()
-        if tmp is not None and not keep_workdir:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with sigterm_raises_exit():
+        try:
+            dep.start()
+            yield dep
+        finally:
+            dep.stop()
+            if tmp is not None and not keep_workdir:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pick(value: float | None, fast_value: Any, fast: bool) -> float | None:

@@ -17,11 +17,9 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsl_flwr.config import parse_overrides, resolve_config
-from mpsl_flwr.processes import ManagedProcess, executable, free_port
+from mpsl_flwr.processes import ManagedProcess, executable, free_port, sigterm_raises_exit
 from mpsl_flwr.results import SUMMARY, format_table
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -173,24 +171,16 @@ def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
         tmp = tempfile.TemporaryDirectory(prefix="mpsl-flwr-home-")
         flwr_home = Path(tmp.name)
     link = LocalSuperLink(flwr_home)
-    # SIGTERM would otherwise end the interpreter without running ``finally`` and leave
-    # the SuperLink (its own session) orphaned on its ports.
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    link.start()
-    try:
-        yield link
-    finally:
-        link.stop()
-        if tmp is not None:
-            tmp.cleanup()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    # The SuperLink runs in its own session: a SIGTERM that skipped ``finally`` would
+    # leave it orphaned on its ports.
+    with sigterm_raises_exit():
+        link.start()
+        try:
+            yield link
+        finally:
+            link.stop()
+            if tmp is not None:
+                tmp.cleanup()
 
 
 @dataclass

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,3 +204,22 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"Timed out after {timeout:.0f}s waiting for {what}.")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def sigterm_raises_exit() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit, so ``finally`` clauses stop what was
+    started (the default action would end the interpreter without running them). Only
+    in the main thread, where Python can install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
