@@ -62,7 +62,8 @@ class LocalGrid(Grid):
         self.fault: Fault | None = None
         # reply_fault(node_id, reply) -> reply: tamper with what a node sends back.
         self.reply_fault: Callable[[int, Message], Message] | None = None
-        self.delivered: list[Message] = []
+        self.delivered: list[Message] = []  # every message a node received
+        self.pulled: list[Message] = []  # every reply the server pulled
         self._dead: set[int] = set()
 
     def set_run(self, run: Run) -> None:
@@ -141,7 +142,9 @@ class LocalGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         ready = [mid for mid in message_ids if mid in self._replies]
         self._rng.shuffle(ready)
-        return [self._replies.pop(mid) for mid in ready]
+        replies = [self._replies.pop(mid) for mid in ready]
+        self.pulled.extend(replies)
+        return replies
 
     def send_and_receive(self, messages, *, timeout=None):
         ids = list(self.push_messages(messages))

@@ -15,21 +15,8 @@ from strategies.fedavg import FederatedAveraging
 from strategies.fedclip import FedCLIP
 
 
-class RecordingGrid(LocalGrid):
-    """LocalGrid that keeps every reply the server pulls."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.replies = []
-
-    def pull_messages(self, message_ids):
-        got = list(super().pull_messages(message_ids))
-        self.replies.extend(got)
-        return got
-
-
 def run(cfg, strategy_cls, num_nodes=2):
-    grid = RecordingGrid(client_app, num_nodes, cfg.to_mapping())
+    grid = LocalGrid(client_app, num_nodes, cfg.to_mapping())
     runner = FederatedAveraging(Experiment.from_config(cfg), strategy_cls)
     rows = []
     result = runner.start(
@@ -41,7 +28,7 @@ def run(cfg, strategy_cls, num_nodes=2):
 def test_fedavg_aggregate_is_the_sample_weighted_mean(tiny):
     cfg = tiny(strategy="fedavg", dirichlet_alpha=0.5)
     _, result, rows, grid = run(cfg, FedAvg)
-    train_replies = [r for r in grid.replies if r.metadata.message_type == "train"]
+    train_replies = [r for r in grid.pulled if r.metadata.message_type == "train"]
     assert len(train_replies) == 2
     weights = [int(r.content["metrics"]["num-examples"]) for r in train_replies]
     assert sum(weights) == 96 and weights[0] != weights[1]
@@ -76,7 +63,7 @@ def test_fedclip_messages_carry_only_adapter_and_head_arrays(tiny, sharing):
     cfg = tiny(strategy="fedclip", fusion="late", fedclip_adapter=sharing)
     runner, _, rows, grid = run(cfg, FedCLIP)
     sent = [m for m in grid.delivered if m.metadata.message_type == "train"]
-    received = [r for r in grid.replies if r.metadata.message_type == "train"]
+    received = [r for r in grid.pulled if r.metadata.message_type == "train"]
     assert sent and received
     for msg in sent + received:
         keys = set(msg.content["arrays"])

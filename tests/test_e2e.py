@@ -50,24 +50,24 @@ def test_mpsl_simulation_completes_and_writes_results(link, tmp_path):
     assert (outcome.run_dir / "history.png").exists()
 
 
+def two_node_run(link, tmp_path, **overrides):
+    """Two epochs of a tiny model on 60 samples over 2 virtual SuperNodes."""
+    config = {
+        "encoder-depth": 2,
+        "synthetic-train-size": 60,
+        "synthetic-test-size": 30,
+        "batch-size": 30,
+        "epochs": 2,
+        "progress": False,
+        "output-dir": str(tmp_path),
+        **overrides,
+    }
+    return flwr_run(link, config, num_supernodes=2, timeout=600, stream=False)
+
+
 @pytest.mark.parametrize("strategy", ["fedavg", "fedclip", "centralized"])
 def test_every_baseline_completes_under_flwr_run(link, tmp_path, strategy):
-    outcome = flwr_run(
-        link,
-        {
-            "strategy": strategy,
-            "encoder-depth": 2,
-            "synthetic-train-size": 60,
-            "synthetic-test-size": 30,
-            "batch-size": 30,
-            "epochs": 2,
-            "progress": False,
-            "output-dir": str(tmp_path),
-        },
-        num_supernodes=2,
-        timeout=600,
-        stream=False,
-    )
+    outcome = two_node_run(link, tmp_path, strategy=strategy)
     assert outcome.status == "finished:completed", outcome
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["strategy"] == strategy
@@ -91,23 +91,7 @@ def test_a_bad_key_fails_before_anything_starts(link, tmp_path):
 def test_staged_strategies_complete_under_flwr_run(link, tmp_path, strategy):
     """Two stages of one block each: the stage switch (and, for LW, the frozen blocks
     sent to every node) goes through Ray's virtual clients."""
-    outcome = flwr_run(
-        link,
-        {
-            "strategy": strategy,
-            "encoder-depth": 2,
-            "stage-blocks": 1,
-            "synthetic-train-size": 60,
-            "synthetic-test-size": 30,
-            "batch-size": 30,
-            "epochs": 2,
-            "progress": False,
-            "output-dir": str(tmp_path),
-        },
-        num_supernodes=2,
-        timeout=600,
-        stream=False,
-    )
+    outcome = two_node_run(link, tmp_path, strategy=strategy, **{"stage-blocks": 1})
     assert outcome.status == "finished:completed", outcome
     history = json.loads((outcome.run_dir / "summary.json").read_text())["history"]
     assert [row["samples-trained"] for row in history] == [60, 60]

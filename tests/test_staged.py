@@ -16,19 +16,8 @@ from mpsl_flwr.staging import FROZEN, StageSchedule
 from strategies.staged import StagedTraining
 
 
-class RecordingGrid(LocalGrid):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.replies = []
-
-    def pull_messages(self, message_ids):
-        got = list(super().pull_messages(message_ids))
-        self.replies.extend(got)
-        return got
-
-
 def run(cfg, nodes=2):
-    grid = RecordingGrid(client_app, nodes, cfg.to_mapping())
+    grid = LocalGrid(client_app, nodes, cfg.to_mapping())
     runner = StagedTraining(Experiment.from_config(cfg))
     snapshots = [copy.deepcopy(runner.model.state_dict())]
     rows = []
@@ -85,7 +74,7 @@ def test_stage_switch_changes_which_arrays_travel(tiny, strategy):
     sent1, sent2 = set(first[0].content["arrays"]), set(second[0].content["arrays"])
     assert blocks_of(sent1) == {0, 1} and any(k.startswith("head.") for k in sent1)
     assert all(FROZEN not in m.content for m in first)
-    replies2 = [r for r in grid.replies if r.metadata.message_type == "train"][2:]
+    replies2 = [r for r in grid.pulled if r.metadata.message_type == "train"][2:]
     assert all(set(r.content["arrays"]) == sent2 for r in replies2)
     if strategy == "lw-fedmml":
         assert blocks_of(sent2) == {2, 3}
