@@ -206,15 +206,16 @@ class MPSL:
 
     def collect_client_states(self, epoch: int) -> dict[int, dict[str, Any]]:
         """Every client's head and optimiser state (``query.state``), as plain tensors."""
+        by_node = self._by_node(self.clients)
         contents = {
             node_id: RecordDict({P.CONFIG: ConfigRecord({"clients": cids})})
-            for node_id, cids in self._by_node(self.clients).items()
+            for node_id, cids in by_node.items()
         }
         states: dict[int, dict[str, Any]] = {}
         for node_id, reply in self._send(
             contents, P.QUERY_STATE, f"e{epoch}state", EpochStats()
         ).items():
-            for cid in self._by_node(self.clients)[node_id]:
+            for cid in by_node[node_id]:
                 parts = {}
                 for part in P.CLIENT_STATE_PARTS:
                     record = reply.content.get(P.client_state_key(cid, part))
@@ -423,7 +424,8 @@ class MPSL:
         self, plans: dict[int, P.BatchPlan], group: str, stats: EpochStats
     ) -> dict[int, dict[str, torch.Tensor]]:
         contents = {}
-        for node_id, cids in self._by_node(plans).items():
+        by_node = self._by_node(plans)
+        for node_id, cids in by_node.items():
             content = RecordDict(
                 {P.CONFIG: ConfigRecord(P.plan_record({c: plans[c] for c in cids}))}
             )
@@ -439,7 +441,7 @@ class MPSL:
         self._synced_nodes.update(replies)
         self._rejoined_nodes.difference_update(replies)
         for node_id in replies:
-            for cid in self._by_node(plans)[node_id]:
+            for cid in by_node[node_id]:
                 self._restore.pop(cid, None)
         return self._read_activations(replies, plans, stats)
 
@@ -448,8 +450,9 @@ class MPSL:
     ) -> dict[int, dict[str, torch.Tensor]]:
         acts = {}
         lengths = self.head.stream_lengths()
+        by_node = self._by_node(plans)
         for node_id, reply in replies.items():
-            for cid in self._by_node(plans).get(node_id, []):
+            for cid in by_node.get(node_id, []):
                 key = P.act_key(cid)
                 if key not in reply.content:
                     continue  # no data left: sits out
@@ -481,7 +484,8 @@ class MPSL:
         stats: EpochStats,
     ) -> dict[int, torch.Tensor]:
         contents = {}
-        for node_id, cids in self._by_node(plans).items():
+        by_node = self._by_node(plans)
+        for node_id, cids in by_node.items():
             content = RecordDict(
                 {P.CONFIG: ConfigRecord(P.plan_record({c: plans[c] for c in cids}))}
             )
@@ -490,7 +494,7 @@ class MPSL:
             contents[node_id] = content
         grads = {}
         for node_id, reply in self._send(contents, P.LOSS, group, stats).items():
-            for cid in self._by_node(plans)[node_id]:
+            for cid in by_node[node_id]:
                 if P.grad_key(cid) not in reply.content:
                     continue
                 got, problem = read_client_arrays(
@@ -537,13 +541,14 @@ class MPSL:
         """FedAvg of the heads of the clients that trained this epoch, into ``self.head``."""
         trained = {cid: n for cid, n in self._seen.items() if n > 0}
         stats = EpochStats()
+        by_node = self._by_node(trained)
         contents = {
             node_id: RecordDict({P.CONFIG: ConfigRecord({"clients": cids})})
-            for node_id, cids in self._by_node(trained).items()
+            for node_id, cids in by_node.items()
         }
         by_cid = {}
         for node_id, reply in self._send(contents, P.QUERY_HEAD, f"e{epoch}head", stats).items():
-            for cid in self._by_node(trained)[node_id]:
+            for cid in by_node[node_id]:
                 if P.head_key(cid) in reply.content:
                     by_cid[cid] = RecordDict(
                         {
