@@ -17,7 +17,6 @@ parameter names are its own (``head.*``, ``server.encoder.blocks.<i>.*`` ...).
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Iterator
@@ -28,8 +27,6 @@ from torch import Tensor, nn
 
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.models.split_model import SplitModel
-
-log = logging.getLogger("mpsl_flwr")
 
 STAGED_STRATEGIES = ("lw-fedmml", "prog-fedmml")
 FROZEN = "frozen"  # the record that carries a stage's frozen blocks to a node
@@ -55,15 +52,6 @@ class StageSchedule:
             )
         stages = math.ceil(cfg.depth / cfg.stage_blocks)
         rounds = cfg.stage_rounds or max(1, cfg.epochs // stages)
-        if rounds * (stages - 1) >= cfg.epochs:
-            log.warning(
-                "%d epochs reach only stage %d of %d (stage-rounds=%d): raise 'epochs' or "
-                "'stage-blocks' to train the whole encoder.",
-                cfg.epochs,
-                (cfg.epochs - 1) // rounds + 1,
-                stages,
-                rounds,
-            )
         return cls(
             depth=cfg.depth,
             blocks_per_stage=cfg.stage_blocks,
@@ -79,6 +67,10 @@ class StageSchedule:
     def stage_of(self, server_round: int) -> int:
         """0-based stage of a 1-based round; the last stage takes every remaining round."""
         return min((server_round - 1) // self.rounds_per_stage, self.num_stages - 1)
+
+    def stages_reached(self, rounds: int) -> int:
+        """How many stages a run of ``rounds`` rounds gets to."""
+        return self.stage_of(rounds) + 1
 
     def run_depth(self, stage: int) -> int:
         """Blocks run in ``stage``: ``blocks[:run_depth]``."""

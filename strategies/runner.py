@@ -18,6 +18,7 @@ from mpsl_flwr.checkpoint import Checkpointer, Checkpointing
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.results import RunRecorder, format_table
+from mpsl_flwr.staging import STAGED_STRATEGIES
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -103,7 +104,7 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
         mpsl = MPSL(cfg, exp.spec, head, server)
         recorder.update(**exp.parameter_counts(head, server))
         mpsl.start(grid, evaluate, _with_clients(recorder, mpsl), checkpointing)
-    elif cfg.strategy in ("fedavg", "fedclip", "lw-fedmml", "prog-fedmml"):
+    elif cfg.strategy in ("fedavg", "fedclip", *STAGED_STRATEGIES):
         from flwr.serverapp.strategy import FedAvg
 
         from strategies.fedavg import FederatedAveraging
@@ -114,7 +115,7 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
             raise ValueError(
                 f"strategy={cfg.strategy} needs a Flower grid: run it with `flwr run`."
             )
-        if cfg.strategy in ("lw-fedmml", "prog-fedmml"):
+        if cfg.strategy in STAGED_STRATEGIES:
             runner = StagedTraining(exp)
         else:
             runner = FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg)

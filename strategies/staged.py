@@ -109,6 +109,16 @@ class StagedTraining(FederatedAveraging):
     def __init__(self, exp) -> None:
         super().__init__(exp, StagedFedAvg)
         self.schedule = StageSchedule.from_config(exp.cfg)
+        reached = self.schedule.stages_reached(exp.cfg.epochs)
+        if reached < self.schedule.num_stages:
+            log.warning(
+                "%d epochs reach only stage %d of %d (stage-rounds=%d): raise 'epochs' or "
+                "'stage-blocks' to train the whole encoder.",
+                exp.cfg.epochs,
+                reached,
+                self.schedule.num_stages,
+                self.schedule.rounds_per_stage,
+            )
         self.model = SplitModel(self.head, self.server_model)
         self.schedule.apply(self.model, 0)
 

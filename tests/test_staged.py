@@ -136,3 +136,25 @@ def test_layerwise_costs_less_than_end_to_end(tiny):
     # The last progressive stage is end-to-end training.
     assert prog_last.client_gflops_fwd_bwd == pytest.approx(fedavg.client_gflops_fwd_bwd)
     assert prog_last.client_params == fedavg.client_params
+
+
+def test_a_run_too_short_for_the_last_stage_is_warned_about_once_on_the_server(tiny):
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("mpsl_flwr")
+    logger.addHandler(handler)
+    try:
+        cfg = tiny(strategy="lw-fedmml", encoder_depth=4, stage_blocks=1, epochs=2)
+        StagedTraining(Experiment.from_config(cfg))
+        warned = [r.getMessage() for r in records if "reach only stage" in r.getMessage()]
+        assert warned == [
+            "2 epochs reach only stage 2 of 4 (stage-rounds=1): raise 'epochs' "
+            "or 'stage-blocks' to train the whole encoder."
+        ]
+        StageSchedule.from_config(cfg)  # what clients and cost tables build: no warning
+        assert len([r for r in records if "reach only stage" in r.getMessage()]) == 1
+    finally:
+        logger.removeHandler(handler)
