@@ -79,10 +79,11 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def training_memory_bytes(module: nn.Module, step: Callable[[], object]) -> int:
-    """Bytes one training step of ``module`` holds at its peak (see the module docstring):
-    the weights it runs, grads and two AdamW moments of the trainable ones, and the tensors
-    that ``step``'s forward saves for its backward (parameters not counted twice)."""
+def training_step_cost(module: nn.Module, step: Callable[[], object]) -> tuple[int, int]:
+    """FLOPs of one training step of ``module`` and the bytes it holds at its peak (see
+    the module docstring): the weights it runs, grads and two AdamW moments of the
+    trainable ones, and the tensors that ``step``'s forward saves for its backward
+    (parameters not counted twice). Both from one run of ``step``."""
     params = list(run_parameters(module))
     param_ids = {id(p) for p in params}
     saved: dict[int, int] = {}
@@ -93,11 +94,14 @@ def training_memory_bytes(module: nn.Module, step: Callable[[], object]) -> int:
             saved[id(t)] = _nbytes(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with (
+        FlopCounterMode(display=False) as counter,
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
         step()
     weights = sum(_nbytes(p) for p in params)
     trainable = sum(_nbytes(p) for p in params if p.requires_grad)
-    return weights + 3 * trainable + sum(saved.values())
+    return int(counter.get_total_flops()), weights + 3 * trainable + sum(saved.values())
 
 
 def _loss(exp: Experiment, model: SplitModel, out: torch.Tensor, batch) -> torch.Tensor:
@@ -156,19 +160,22 @@ def measure(
     g, mb = 1e9 * batch_size, 1e6
     if strategy == "mpsl":
         fwd = count_flops(head_fwd)
+        head_flops, head_bytes = training_step_cost(head, head_fwd_bwd)
+        server_flops, server_bytes = training_step_cost(server, server_fwd_bwd)
         return CostReport(
             strategy,
             count_trainable(head),
             count_trainable(server),
             fwd / g,
-            (fwd + count_flops(head_fwd_bwd)) / g,
+            (fwd + head_flops) / g,
             count_flops(server_fwd) / g,
-            count_flops(server_fwd_bwd) / g,
-            training_memory_bytes(head, head_fwd_bwd) / mb,
-            training_memory_bytes(server, server_fwd_bwd) / mb,
+            server_flops / g,
+            head_bytes / mb,
+            server_bytes / mb,
         )
-    whole_fwd, whole = count_flops(model_fwd) / g, count_flops(model_fwd_bwd) / g
-    memory = training_memory_bytes(model, model_fwd_bwd) / mb
+    whole_fwd = count_flops(model_fwd) / g
+    whole_flops, whole_bytes = training_step_cost(model, model_fwd_bwd)
+    whole, memory = whole_flops / g, whole_bytes / mb
     if strategy == "centralized":
         return CostReport(
             strategy, 0, count_trainable(model), 0.0, 0.0, whole_fwd, whole, 0.0, memory
