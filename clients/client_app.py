@@ -9,14 +9,12 @@ from __future__ import annotations
 import torch  # noqa: F401 - Flower needs torch imported where ArrayRecords are built
 from flwr.clientapp import ClientApp
 
-from clients import fedavg, mpsl
+from clients import discovery, fedavg, mpsl
 
 app = ClientApp()
 
-app.query("info")(mpsl.query_info)
-app.train("forward")(mpsl.forward)
-app.train("loss")(mpsl.loss)
-app.train("backward")(mpsl.backward)
-app.query("head")(mpsl.query_head)
-app.query("state")(mpsl.query_state)
+for handlers in (discovery.HANDLERS, mpsl.HANDLERS):
+    for message_type, handler in handlers.items():
+        category, action = message_type.split(".")
+        getattr(app, category)(action)(handler)
 app.train()(fedavg.train)

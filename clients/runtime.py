@@ -157,7 +157,3 @@ class NodeRuntime:
         """Persist client ``cid``'s head and optimiser into ``state``."""
         save_module(state, head_state_key(cid), client.head)
         save_optimizer(state, optim_state_key(cid), client.optimizer)
-
-    @property
-    def wire_dtype(self) -> torch.dtype | None:
-        return torch.float16 if self.cfg.activation_dtype == "float16" else None

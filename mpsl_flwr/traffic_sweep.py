@@ -60,8 +60,7 @@ def _one_epoch(cfg: RunConfig, nodes: int) -> tuple[dict, TrafficMeter | None]:
     grid = LocalGrid(client_app, nodes, cfg.to_mapping())
     rows: list[dict] = []
     if cfg.strategy == "mpsl":
-        head, server = exp.initial_model()
-        mpsl = MPSL(cfg, exp.spec, head, server)
+        mpsl = MPSL(exp)
         mpsl.start(grid, on_epoch_end=rows.append)
         return rows[0], mpsl.meter
     FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg).start(

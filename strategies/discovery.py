@@ -12,11 +12,11 @@ import math
 import time
 from dataclasses import dataclass
 
-from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
-from mpsl_flwr import protocol as P
 from mpsl_flwr.config import RunConfig
+from mpsl_flwr.protocol import discovery as D
+from mpsl_flwr.protocol.transport import Exchange, make_messages, reply_error
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -35,7 +35,7 @@ def message_ttl(cfg: RunConfig) -> float:
     return max(60.0, 3 * cfg.step_timeout)
 
 
-def discover_clients(grid: Grid, exchange: P.Exchange, cfg: RunConfig) -> dict[int, ClientInfo]:
+def discover_clients(grid: Grid, exchange: Exchange, cfg: RunConfig) -> dict[int, ClientInfo]:
     """Ask every node which logical clients it serves; wait for all of them.
 
     Waits until every partition that the nodes announce (``num-partitions`` times
@@ -50,21 +50,21 @@ def discover_clients(grid: Grid, exchange: P.Exchange, cfg: RunConfig) -> dict[i
     while True:
         new_nodes = [n for n in grid.get_node_ids() if n not in asked]
         if new_nodes:
-            contents = {n: RecordDict() for n in new_nodes}
+            contents = {n: D.info_request() for n in new_nodes}
             replies, _ = exchange(
-                P.make_messages(contents, P.QUERY_INFO, "info", message_ttl(cfg)),
+                make_messages(contents, D.QUERY_INFO, "info", message_ttl(cfg)),
                 cfg.step_timeout,
             )
             asked.update(replies)
             for node_id, reply in replies.items():
-                if (err := P.reply_error(reply)) is not None:
+                if (err := reply_error(reply)) is not None:
                     errors.append(f"node {node_id}: {err}")
                     log.warning("Node %s failed query.info: %s", node_id, err)
                     continue
-                info = reply.content[P.INFO]
-                expected = int(info["num-clients"])  # type: ignore[arg-type]
-                for cid, n in zip(info["clients"], info["num-examples"], strict=True):  # type: ignore[arg-type]
-                    clients[int(cid)] = ClientInfo(int(cid), node_id, int(n))
+                info = D.read_info_reply(reply.content)
+                expected = info.num_clients
+                for cid, n in zip(info.clients, info.num_examples, strict=True):
+                    clients[cid] = ClientInfo(cid, node_id, n)
         nodes_ok = len({c.node_id for c in clients.values()})
         if cfg.min_nodes and nodes_ok >= cfg.min_nodes:
             break

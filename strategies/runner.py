@@ -98,11 +98,8 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
     elif cfg.strategy == "mpsl":
         from strategies.mpsl import MPSL
 
-        if grid is None:
-            raise ValueError("strategy=mpsl needs a Flower grid: run it with `flwr run`.")
-        head, server = exp.initial_model()
-        mpsl = MPSL(cfg, exp.spec, head, server)
-        recorder.update(**exp.parameter_counts(head, server))
+        mpsl = MPSL(exp)
+        recorder.update(**exp.parameter_counts(mpsl.head, mpsl.server_model))
         mpsl.start(grid, evaluate, _with_clients(recorder, mpsl), checkpointing)
     elif cfg.strategy in ("fedavg", "fedclip", *STAGED_STRATEGIES):
         from flwr.serverapp.strategy import FedAvg

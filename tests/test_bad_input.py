@@ -47,9 +47,8 @@ def _huge(a):
 def run_one_step_with(tiny, key_prefix: str, change, **overrides):
     """One node, one step per epoch (batch >= data); the node's reply is tampered with."""
     cfg = tiny(synthetic_train_size=16, batch_size=16, **overrides)
-    exp = Experiment.from_config(cfg)
-    head, server = exp.initial_model()
-    before = {k: v.clone() for k, v in trainable_state(server).items()}
+    mpsl = MPSL(Experiment.from_config(cfg))
+    before = {k: v.clone() for k, v in trainable_state(mpsl.server_model).items()}
     grid = LocalGrid(client_app, 1, cfg.to_mapping())
 
     def reply_fault(node_id, reply):
@@ -60,10 +59,9 @@ def run_one_step_with(tiny, key_prefix: str, change, **overrides):
         return reply
 
     grid.reply_fault = reply_fault
-    mpsl = MPSL(cfg, exp.spec, head, server)
     rows = []
     mpsl.start(grid, on_epoch_end=rows.append)
-    return before, trainable_state(server), rows
+    return before, trainable_state(mpsl.server_model), rows
 
 
 @pytest.mark.parametrize(
@@ -101,8 +99,6 @@ def test_a_good_step_does_change_the_server(tiny):
 
 def test_other_clients_still_train_when_one_is_bad(tiny, caplog):
     cfg = tiny(dirichlet_alpha=1.0)
-    exp = Experiment.from_config(cfg)
-    head, server = exp.initial_model()
     grid = LocalGrid(client_app, 3, cfg.to_mapping())
 
     def poison_node_1001(node_id, reply):
@@ -115,6 +111,6 @@ def test_other_clients_still_train_when_one_is_bad(tiny, caplog):
     grid.reply_fault = poison_node_1001
     rows = []
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        MPSL(cfg, exp.spec, head, server).start(grid, on_epoch_end=rows.append)
+        MPSL(Experiment.from_config(cfg)).start(grid, on_epoch_end=rows.append)
     assert "Client 1 (node 1001) sent bad activations" in caplog.text
     assert 0 < rows[0]["samples-trained"] < 96

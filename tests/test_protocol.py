@@ -28,11 +28,9 @@ from strategies.mpsl import MPSL
 
 
 def run_mpsl(cfg, num_nodes, grid=None, fault=None):
-    exp = Experiment.from_config(cfg)
-    head, server = exp.initial_model()
     grid = grid or LocalGrid(client_app, num_nodes, cfg.to_mapping())
     grid.fault = fault
-    mpsl = MPSL(cfg, exp.spec, head, server)
+    mpsl = MPSL(Experiment.from_config(cfg))
     rows = []
     result = mpsl.start(grid, on_epoch_end=rows.append)
     return mpsl, result, rows, grid
@@ -102,7 +100,7 @@ def _zero_lr(optimizer):
         group["lr"] = 0.0
 
 
-def test_labels_never_leave_the_client(tiny):
+def test_labels_never_leave_the_client(tiny, monkeypatch):
     """Every message the server receives, scanned for any client's labels."""
     cfg = tiny(epochs=1)
     received = []
@@ -112,14 +110,8 @@ def test_labels_never_leave_the_client(tiny):
             super().__init__(grid, poll_interval)
             self.tap.append(received.append)
 
-    import strategies.mpsl as mpsl_module
-
-    original = mpsl_module.P.Exchange
-    mpsl_module.P.Exchange = Recorder
-    try:
-        run_mpsl(cfg, num_nodes=3)
-    finally:
-        mpsl_module.P.Exchange = original
+    monkeypatch.setattr("strategies.mpsl.strategy.Exchange", Recorder)
+    run_mpsl(cfg, num_nodes=3)
     train = load_split(cfg, "train")
     label_sets = [train.labels[client_partition(cfg, c, 3)] for c in range(3)]
     assert received, "no replies recorded"

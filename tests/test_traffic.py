@@ -22,13 +22,10 @@ NODES = 3
 
 
 def mpsl_rows(cfg):
-    exp = Experiment.from_config(cfg)
-    head, server = exp.initial_model()
+    mpsl = MPSL(Experiment.from_config(cfg))
     rows = []
-    MPSL(cfg, exp.spec, head, server).start(
-        LocalGrid(client_app, NODES, cfg.to_mapping()), on_epoch_end=rows.append
-    )
-    return exp, head, rows
+    mpsl.start(LocalGrid(client_app, NODES, cfg.to_mapping()), on_epoch_end=rows.append)
+    return mpsl.exp, mpsl.head, rows
 
 
 def analytic_mpsl_mb(head, row, dtype_bytes: int) -> float:

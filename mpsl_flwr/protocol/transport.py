@@ -1,23 +1,9 @@
-"""The MPSL message protocol: message types, record names and the exchange loop.
+"""How messages travel: one exchange per leg, a timeout, and a meter of the bytes.
 
-One step, as messages (see DESIGN.md):
-
-``train.forward``  server -> node: which batch each logical client draws. Reply: the
-                   cut-layer activations ``act.<cid>`` and ``stats.<cid>``.
-``train.loss``     server -> node: each client's logit slice ``out.<cid>``. Reply:
-                   ``grad.<cid>`` (dL_n/dz_n) and ``stats.<cid>`` (loss, correct).
-                   Labels never leave the client. Retrieval has no labels and skips it.
-``train.backward`` server -> node: cut-layer gradients ``cut.<cid>``, the learning rate,
-                   and optionally the next batch to draw; the reply then carries the
-                   next activations, so a steady-state step costs two round trips.
-``query.info``     which logical clients a node serves and their partition sizes.
-``query.head``     each client's head and the samples it trained on this epoch.
-``query.state``    each client's head and optimiser state (for a checkpoint); a resumed
-                   run sends them back with the client's first ``train.forward``.
-
-Records are keyed by *logical client id* (the data partition), not by Flower node id,
-so one node may serve several clients in one message. At most one message is in
-flight per node; replies are matched by message id, never by arrival order.
+Every strategy sends its legs through :class:`Exchange` over a :class:`MeteredGrid`:
+one message per node, at most one message in flight per node, replies matched by
+message id (never by arrival order), and every payload byte counted per node and per
+record kind.
 """
 
 from __future__ import annotations
@@ -28,93 +14,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 log = logging.getLogger("mpsl_flwr")
-
-FORWARD = "train.forward"
-LOSS = "train.loss"
-BACKWARD = "train.backward"
-QUERY_INFO = "query.info"
-QUERY_HEAD = "query.head"
-QUERY_STATE = "query.state"
-
-CONFIG = "config"
-HEAD = "head"
-INFO = "info"
-
-
-def act_key(cid: int) -> str:
-    """Activations of client ``cid`` (one array per stream)."""
-    return f"act.{cid}"
-
-
-def out_key(cid: int) -> str:
-    """Server output (logit slice) for client ``cid``."""
-    return f"out.{cid}"
-
-
-def grad_key(cid: int) -> str:
-    """Gradient of client ``cid``'s loss w.r.t. its output slice."""
-    return f"grad.{cid}"
-
-
-def cut_key(cid: int) -> str:
-    """Cut-layer gradient for client ``cid`` (one array per stream)."""
-    return f"cut.{cid}"
-
-
-def stats_key(cid: int) -> str:
-    """Per-client metrics of a reply (num-examples, loss, correct, ...)."""
-    return f"stats.{cid}"
-
-
-def head_key(cid: int) -> str:
-    """Head weights of client ``cid`` (end of epoch)."""
-    return f"head.{cid}"
-
-
-CLIENT_STATE_PARTS = ("head", "optim", "optim.cfg")
-
-
-def client_state_key(cid: int, part: str, prefix: str = "state") -> str:
-    """A part (``head``, ``optim``, ``optim.cfg``) of a client's saved state in a message."""
-    return f"{prefix}.{cid}.{part}"
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """Which slice of its epoch permutation a client draws: ``[offset, offset + size)``."""
-
-    epoch: int
-    offset: int
-    size: int
-
-
-def plan_record(plans: Mapping[int, BatchPlan], prefix: str = "") -> dict[str, list[int]]:
-    """Batch plans of several clients as ConfigRecord entries (none for no plans: Flower's
-    ``ConfigRecord.count_bytes`` cannot size an empty list)."""
-    if not plans:
-        return {}
-    cids = sorted(plans)
-    return {
-        f"{prefix}clients": cids,
-        f"{prefix}epochs": [plans[c].epoch for c in cids],
-        f"{prefix}offsets": [plans[c].offset for c in cids],
-        f"{prefix}sizes": [plans[c].size for c in cids],
-    }
-
-
-def read_plans(config: ConfigRecord, prefix: str = "") -> dict[int, BatchPlan]:
-    """Inverse of :func:`plan_record`."""
-    if f"{prefix}clients" not in config:
-        return {}
-    cols = [config[f"{prefix}{k}"] for k in ("clients", "epochs", "offsets", "sizes")]
-    return {
-        int(c): BatchPlan(int(e), int(o), int(s))
-        for c, e, o, s in zip(*cols, strict=True)  # type: ignore[call-overload]
-    }
 
 
 @dataclass

@@ -1,0 +1,41 @@
+"""The messages between the server and the clients, and how they travel.
+
+* :mod:`~mpsl_flwr.protocol.transport`: the exchange loop (one message in flight per
+  node, replies matched by message id, a timeout per leg) and the traffic meter.
+* :mod:`~mpsl_flwr.protocol.discovery`: ``query.info``, which logical clients a node
+  serves (every federated strategy starts with it).
+* :mod:`~mpsl_flwr.protocol.mpsl`: the MPSL legs, each with both halves side by side:
+  what the server sends, how the client reads it, what the client replies, and how the
+  server reads and checks that reply before anything of it touches the server model.
+
+Records are keyed by *logical client id* (the data partition), not by Flower node id, so
+one node may serve several clients in one message.
+"""
+
+from mpsl_flwr.protocol.mpsl import (
+    BACKWARD,
+    CONFIG,
+    FORWARD,
+    LOSS,
+    QUERY_HEAD,
+    QUERY_STATE,
+    BatchPlan,
+    act_key,
+    read_plans,
+)
+from mpsl_flwr.protocol.transport import Exchange, MeteredGrid, TrafficMeter
+
+__all__ = [
+    "BACKWARD",
+    "CONFIG",
+    "FORWARD",
+    "LOSS",
+    "QUERY_HEAD",
+    "QUERY_STATE",
+    "BatchPlan",
+    "Exchange",
+    "MeteredGrid",
+    "TrafficMeter",
+    "act_key",
+    "read_plans",
+]

@@ -1,0 +1,243 @@
+"""Multimodal Parallel Split Learning (MPSL) as a Flower strategy.
+
+Fudala, Tsouvalas, Meratnia: "Fine-tuning Multimodal Transformers on Edge: A Parallel
+Split Learning Approach" (arXiv 2502.06355). Clients keep only the modality tokenizers
+(the head); the server holds the encoder and task head and trains them on the
+*concatenated* activations of all clients with one forward and one backward pass per
+step, so the server keeps no per-client model and the client computes only its head.
+
+:meth:`MPSL.step` is one step in the paper's order; the legs it sends are in
+:mod:`strategies.mpsl.legs` (their records, both halves side by side, in
+:mod:`mpsl_flwr.protocol.mpsl`). At the end of each epoch the heads are averaged (FedAvg
+weighted by samples seen), the pair [aggregated head; server model] is evaluated on the
+test split, and, with ``head-sync=push``, the average is sent back to the clients with
+their next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+
+from mpsl_flwr.checkpoint import Checkpointing
+from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
+from mpsl_flwr.progress import progress
+from mpsl_flwr.protocol.transport import Exchange, MeteredGrid
+from mpsl_flwr.split_server import SplitServer
+from mpsl_flwr.state import model_arrays
+from strategies.discovery import client_batch_size, discover_clients, message_ttl
+from strategies.mpsl import resume
+from strategies.mpsl.legs import Legs
+from strategies.mpsl.plan import EpochStats, StepPlan
+from strategies.mpsl.roster import Roster
+from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
+
+log = logging.getLogger("mpsl_flwr")
+
+
+class MPSL:
+    """Drives MPSL epochs and steps over a Flower :class:`Grid`.
+
+    Parameters
+    ----------
+    exp : Experiment
+        The run: config (batch size, epochs, timeouts, head-sync policy, ...), the model
+        spec (the expected shape of every client's activations), data and evaluation.
+        The initial head is pushed to every client before its first step; the per-epoch
+        average is loaded into ``self.head``; body and tail (``self.server_model``) train
+        here.
+    """
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.cfg = exp.cfg
+        self.head, self.server_model = exp.initial_model()
+        self.device = resolve_device(self.cfg.server_device)
+        self.roster = Roster({}, self.head)
+        self._restore: dict[int, dict[str, object]] = {}  # cid -> state to hand back
+
+    @property
+    def clients(self):
+        """The logical clients of the run, by id (after discovery)."""
+        return self.roster.clients
+
+    def client_batch_size(self) -> int:
+        """``b_n = ceil(B / N)`` over the N clients that hold data."""
+        active = [c for c in self.clients.values() if c.num_examples > 0]
+        return client_batch_size(self.cfg.batch_size, len(active))
+
+    def steps_per_epoch(self) -> int:
+        """Steps until the largest partition is exhausted."""
+        b = self.client_batch_size()
+        return max((math.ceil(c.num_examples / b) for c in self.clients.values()), default=0)
+
+    # ------------------------------------------------------------------ run
+    def start(
+        self,
+        grid: Grid | None,
+        evaluate_fn: EvaluateFn | None = None,
+        on_epoch_end: EpochEndFn | None = None,
+        checkpointing: Checkpointing | None = None,
+    ) -> Result:
+        """Run ``epochs`` epochs; return the final arrays (head + server) and metrics.
+
+        With ``checkpointing``, a checkpoint is written after every ``checkpoint-every``-th
+        epoch, and ``resume=true`` continues after the last one.
+        """
+        if grid is None:
+            raise ValueError("strategy=mpsl needs a Flower grid: run it with `flwr run`.")
+        self.grid = MeteredGrid(grid)
+        self.meter = self.grid.meter
+        self.exchange = Exchange(self.grid)
+        self.roster = Roster(discover_clients(self.grid, self.exchange, self.cfg), self.head)
+        steps = self.steps_per_epoch()
+        if steps == 0:
+            raise RuntimeError("No client holds any training data.")
+        optimizer = make_optimizer(self.server_model.parameters(), self.cfg)
+        scheduler = make_scheduler(optimizer, self.cfg, steps * self.cfg.epochs)
+        self.server = SplitServer(
+            self.server_model, optimizer, scheduler, self.exp.spec.kind, self.device
+        )
+        self.legs = Legs(
+            self.cfg, self.exchange, self.roster, self.head.stream_lengths(), self.exp.spec.width
+        )
+        first_epoch = 0
+        if checkpointing is not None and checkpointing.resume:
+            ckpt = checkpointing.load()
+            first_epoch, self._restore = resume.restore(
+                ckpt, self.server_model, self.head, optimizer, scheduler
+            )
+            if self.cfg.head_sync == "push":
+                self.roster.push_head()
+            else:
+                self.roster.head_record = None  # clients continue with their restored heads
+        log.info(
+            "MPSL: global batch %d, %d per client, %d steps per epoch, %d epochs",
+            self.cfg.batch_size,
+            self.client_batch_size(),
+            steps,
+            self.cfg.epochs,
+        )
+        result = Result()
+        for epoch in range(first_epoch, self.cfg.epochs):
+            row = self.run_epoch(epoch, steps)
+            report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
+            if checkpointing is not None:
+                checkpointing.save_if_due(epoch + 1, lambda e=epoch: self._checkpoint(e))
+        result.arrays = model_arrays(self.head, self.server_model)
+        return result
+
+    def run_epoch(self, epoch: int, steps: int) -> dict[str, Any]:
+        """Train one epoch, average the heads, and return the epoch's history row."""
+        t0 = time.time()
+        traffic0 = self.meter.totals()
+        stats, plan = self.train_epoch(epoch, steps)
+        trained = {cid: n for cid, n in plan.seen.items() if n > 0}
+        heads = self.legs.heads(list(trained), f"e{epoch}head")
+        if not self.roster.average_heads(heads, trained):
+            log.warning("No client head reached the server after epoch %d.", epoch + 1)
+        if self.cfg.head_sync == "push":
+            self.roster.push_head()
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train-loss": stats.loss_sum / max(1, stats.samples),
+            "steps": stats.steps,
+            "mean-clients-per-step": sum(stats.clients_per_step)
+            / max(1, len(stats.clients_per_step)),
+            "dropped-client-steps": stats.dropped,
+            "samples-trained": sum(trained.values()),
+        }
+        if self.exp.spec.kind == "classification":
+            row["train-accuracy"] = stats.correct / max(1, stats.samples)
+        row.update(self.meter.mb_per_client(traffic0, len(self.clients)))
+        row["epoch-time-s"] = round(time.time() - t0, 3)
+        return row
+
+    def train_epoch(self, epoch: int, steps: int) -> tuple[EpochStats, StepPlan]:
+        """One pass over every partition: ``steps`` MPSL steps, plus up to as many again
+        while a client that missed steps (dropped, rejoined) and can be reached still has
+        data left, so an epoch trains every reachable sample once."""
+        sizes = {cid: c.num_examples for cid, c in self.clients.items()}
+        plan = StepPlan(epoch, self.client_batch_size(), sizes)
+        stats = EpochStats()
+        bar = progress(
+            range(steps), f"epoch {epoch + 1}/{self.cfg.epochs}", enabled=self.cfg.progress
+        )
+        while due := plan.due():
+            if plan.step >= steps and (plan.step >= 2 * steps or not self._reachable(due)):
+                log.warning(
+                    "Epoch %d ends with clients %s short of their partition (unreachable).",
+                    epoch + 1,
+                    sorted(due),
+                )
+                break
+            self.step(plan, stats)
+            plan.step += 1
+            stats.steps += 1
+            bar.update(1)
+            if stats.samples:
+                bar.set_postfix(loss=f"{stats.loss_sum / stats.samples:.3f}", refresh=False)
+        bar.close()
+        return stats, plan
+
+    def step(self, plan: StepPlan, stats: EpochStats) -> None:
+        """One MPSL step, in the order of the paper."""
+        batches = self._present(plan.due(), stats)
+        # 1. Client forward: activations prefetched with the last backward reply, or asked.
+        acts = plan.take_prefetched(batches, void=self.roster.take_moved())
+        missing = {cid: p for cid, p in batches.items() if cid not in acts}
+        if missing:
+            acts |= self.legs.forward(missing, plan.group, stats, self._restore)
+        if not acts:
+            return
+        stats.clients_per_step.append(len(acts))
+        # 2. Concatenate and run body + tail once over the global batch.
+        outputs = self.server.forward(dict(sorted(acts.items())))
+        lr = self.server.lr
+        # 3-4. Loss leg (dL_n/dz_n from each client's labels), one backward over the
+        # |B_n|/|B|-weighted loss; retrieval computes its loss here (no labels).
+        if self.exp.spec.kind == "classification":
+            grads = self.legs.loss({c: batches[c] for c in acts}, outputs, plan.group, stats)
+            cut, _ = self.server.backward_from_client_grads(grads)
+        else:
+            cut, loss, total = self.server.backward_from_server_loss()
+            stats.loss_sum += loss * total
+            stats.samples += total
+        # 5. Cut-layer gradients back; the replies prefetch the next batch's activations.
+        trained = {cid: batches[cid] for cid in cut}
+        plan.advance(trained)
+        plan.pending = self.legs.backward(trained, cut, lr, plan.due(cut), plan.group, stats)
+
+    # ------------------------------------------------------------------ membership
+    def _present(self, batches: dict, stats: EpochStats) -> dict:
+        """The batches of clients whose node is online (others count as dropped)."""
+        online = self.roster.refresh(
+            self.grid, self.exchange, self.cfg.step_timeout, message_ttl(self.cfg)
+        )
+        gone = [cid for cid in batches if self.roster.node_of(cid) not in online]
+        stats.dropped += len(gone)
+        return {cid: p for cid, p in batches.items() if cid not in gone}
+
+    def _reachable(self, batches: dict) -> list[int]:
+        """Planned clients whose node is online and holds no unanswered message."""
+        online = set(self.grid.get_node_ids()) - self.exchange.busy_nodes()
+        return [cid for cid in batches if self.roster.node_of(cid) in online]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, epoch: int) -> dict[str, Any]:
+        """Server side and every client's state, as :mod:`mpsl_flwr.checkpoint` stores it."""
+        states = self.legs.states(list(self.clients), f"e{epoch}state")
+        return resume.checkpoint_payload(
+            self.server_model,
+            self.head,
+            self.server.optimizer,
+            self.server.scheduler,
+            states,
+            set(self.clients),
+        )
