@@ -54,15 +54,16 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config["server-round"])  # type: ignore[arg-type]
     stage = int(config["stage"]) if "stage" in config else None  # type: ignore[arg-type]
     frozen = frozen_blocks(msg, context.state, stage)
-    b = client_batch_size(cfg.batch_size, rt.num_clients)
+    optim = cfg.optim
+    b = client_batch_size(optim.batch_size, rt.num_clients)
     records, loss_sum, correct, seen = [], 0.0, 0, 0
     for cid in rt.client_ids:
         rows = rt.partition(cid)
         model = rt.full_model(global_arrays, stage, frozen)
-        optimizer = make_optimizer(model.parameters(), cfg)
+        optimizer = make_optimizer(model.parameters(), optim)
         load_optimizer(context.state, local_optim_key(cid, stage), optimizer)
         steps = steps_per_epoch(len(rows), b)
-        total = steps * cfg.epochs
+        total = steps * optim.epochs
         done = train_epoch(
             model,
             optimizer,
@@ -71,8 +72,10 @@ def train(msg: Message, context: Context) -> Message:
             b,
             server_round - 1,
             client_seed(cfg.seed, cid),
-            lambda step, r=server_round, s=steps, t=total: scheduled_lr(cfg, (r - 1) * s + step, t),
-            rt.exp.spec.kind,
+            lambda step, r=server_round, s=steps, t=total: scheduled_lr(
+                optim, (r - 1) * s + step, t
+            ),
+            rt.exp.task,
             rt.device,
         )
         save_optimizer(context.state, local_optim_key(cid, stage), optimizer)

@@ -37,11 +37,6 @@ from mpsl_flwr.launch import PROJECT_DIR, flwr_run, local_superlink
 STRATEGIES = ("mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized")
 
 
-def headline_metric(kind: str) -> str:
-    """The metric a table reports: test accuracy, or the recall sum for retrieval."""
-    return "test-rsum" if kind == "retrieval" else "test-accuracy"
-
-
 def rounds_to_fraction_of_peak(curve: list[float], fraction: float = 0.95) -> int:
     """First epoch/round (1-based) at which ``curve`` reaches ``fraction`` of its peak."""
     peak = max(curve)
@@ -110,7 +105,7 @@ def summarise(
         summaries = [json.loads((Path(r["run-dir"]) / "summary.json").read_text()) for r in done]
         cfg = resolve_config({**overrides, "strategy": strategy})
         exp = Experiment.from_config(cfg)
-        metric = headline_metric(exp.info.kind)
+        metric = exp.task.headline
         per_seed = [[h[metric] for h in s["history"]] for s in summaries]
         curves[strategy] = {"metric": metric, "curves": per_seed}
         finals = [c[-1] for c in per_seed]

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mpsl_flwr import tasks
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel, build_head, build_server, count_trainable
 from mpsl_flwr.staging import STAGED_STRATEGIES, StageSchedule, run_parameters
@@ -63,8 +62,8 @@ def _sample_batch(exp: Experiment, batch_size: int) -> dict[str, torch.Tensor]:
         batch["audio"] = torch.zeros(batch_size, info.audio_frames, 128)
     if "text" in info.modalities:
         batch["text"] = torch.zeros(batch_size, info.text_length, dtype=torch.int64)
-    if info.kind == "retrieval":
-        batch["label"] = torch.arange(batch_size)
+    if exp.task.labels_are_pair_ids:
+        batch["label"] = torch.arange(batch_size)  # every sample its own pair
     return batch
 
 
@@ -105,9 +104,7 @@ def training_step_cost(module: nn.Module, step: Callable[[], object]) -> tuple[i
 
 
 def _loss(exp: Experiment, model: SplitModel, out: torch.Tensor, batch) -> torch.Tensor:
-    if exp.spec.kind == "retrieval":
-        return tasks.contrastive_loss(out, model.server.tail.logit_scale)
-    return tasks.classification_loss(out, batch["label"])
+    return exp.task.loss(out, labels=batch["label"], tail=model.server.tail)
 
 
 def measure(

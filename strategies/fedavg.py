@@ -23,6 +23,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from mpsl_flwr import protocol as P
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel, load_trainable_state
+from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.state import from_array_record, model_arrays
 from strategies.discovery import ClientInfo, client_batch_size, discover_clients
 from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
@@ -90,18 +91,22 @@ class FederatedAveraging:
                 return None
             model = SplitModel(self.head, self.server_model)
             load_trainable_state(model, from_array_record(arrays))
-            row: dict[str, Any] = {
-                "epoch": server_round,
-                "train-loss": last_train.get("train-loss", float("nan")),
-            }
-            if self.exp.spec.kind == "classification":
-                row["train-accuracy"] = last_train.get("train-accuracy", float("nan"))
-            row["samples-trained"] = int(last_train.get("samples-trained", 0))
-            row.update(metered.meter.mb_per_client(clock["bytes"], len(self.clients)))
-            row["epoch-time-s"] = round(time.time() - clock["t0"], 3)
-            report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
+            mb = metered.meter.mb_per_client(clock["bytes"], len(self.clients))
+            record = EpochRecord.of_training(
+                server_round,
+                self.exp.task,
+                last_train.get("train-loss", float("nan")),
+                last_train.get("train-accuracy", float("nan")),
+                samples_trained=int(last_train.get("samples-trained", 0)),
+                mb_down_per_client=mb["mb-down-per-client"],
+                mb_up_per_client=mb["mb-up-per-client"],
+                epoch_time_s=round(time.time() - clock["t0"], 3),
+            )
+            record = report_epoch(
+                result, record, self.head, self.server_model, evaluate_fn, on_epoch_end
+            )
             clock.update(t0=time.time(), bytes=metered.meter.totals())
-            return MetricRecord({k: float(v) for k, v in row.items() if k.startswith("test-")})
+            return MetricRecord({k: float(v) for k, v in record.test.items()})
 
         clock.update(t0=time.time(), bytes=metered.meter.totals())
         flwr_result = strategy.start(

@@ -139,7 +139,7 @@ class MPSL:
         optimizer = make_optimizer(self.server_model.parameters(), self.cfg)
         scheduler = make_scheduler(optimizer, self.cfg, steps * self.cfg.epochs)
         self.server = SplitServer(
-            self.server_model, optimizer, scheduler, self.spec.kind, self.device
+            self.server_model, optimizer, scheduler, self.spec.task, self.device
         )
         self._head_record = to_array_record(trainable_state(self.head))
         first_epoch = 0

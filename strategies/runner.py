@@ -17,23 +17,12 @@ from flwr.serverapp import Grid
 from mpsl_flwr.checkpoint import Checkpointer, Checkpointing
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.results import RunRecorder, format_table
 from mpsl_flwr.staging import STAGED_STRATEGIES
+from strategies.reporting import EpochEndFn
 
 log = logging.getLogger("mpsl_flwr")
-
-TABLE_COLUMNS = (
-    "epoch",
-    "train-loss",
-    "test-accuracy",
-    "test-i2t-r1",
-    "test-t2i-r1",
-    "test-rsum",
-    "mb-up-per-client",
-    "mb-down-per-client",
-    "epoch-time-s",
-    "wall-time-s",
-)
 
 
 def setup_logging() -> None:
@@ -51,7 +40,7 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     """Train with ``cfg.strategy``; returns the run directory."""
     setup_logging()
     exp = Experiment.from_config(cfg)
-    recorder = RunRecorder(cfg)
+    recorder = RunRecorder(cfg, headline=exp.task.headline)
     try:
         final = _dispatch(exp, grid, recorder)
     except BaseException as err:
@@ -67,8 +56,7 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
         }
     )
     recorder.finish(final)
-    columns = [c for c in TABLE_COLUMNS if recorder.history and c in recorder.history[0]]
-    print("\n" + format_table(recorder.history, columns), flush=True)
+    print("\n" + format_table(recorder.history, exp.task.table_columns), flush=True)
     print(f"\nResults: {recorder.dir}", flush=True)
     return recorder.dir
 
@@ -137,10 +125,10 @@ def _client_side_counts(exp: Experiment, head, server) -> dict[str, int]:
     }
 
 
-def _with_clients(recorder: RunRecorder, mpsl) -> Any:
-    def on_epoch_end(row: dict[str, Any]) -> None:
+def _with_clients(recorder: RunRecorder, mpsl) -> EpochEndFn:
+    def on_epoch_end(record: EpochRecord) -> None:
         if recorder.summary.get("num-clients") is None:
             recorder.update(**{"num-clients": len(mpsl.clients)})
-        recorder.log_epoch(row)
+        recorder.log_epoch(record)
 
     return on_epoch_end
