@@ -18,13 +18,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from clients.runtime import NodeRuntime
-from mpsl_flwr.data.partition import client_seed, steps_per_epoch
+from mpsl_flwr.data.partition import client_batch_size, client_seed, steps_per_epoch
 from mpsl_flwr.models.split_model import trainable_state
 from mpsl_flwr.optim import make_optimizer, scheduled_lr
 from mpsl_flwr.staging import FROZEN
 from mpsl_flwr.state import load_optimizer, save_optimizer, to_array_record
 from mpsl_flwr.trainer import train_epoch
-from strategies.discovery import client_batch_size
 
 
 def local_optim_key(cid: int, stage: int | None = None) -> str:
@@ -54,15 +53,16 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config["server-round"])  # type: ignore[arg-type]
     stage = int(config["stage"]) if "stage" in config else None  # type: ignore[arg-type]
     frozen = frozen_blocks(msg, context.state, stage)
-    b = client_batch_size(cfg.batch_size, rt.num_clients)
+    optim = cfg.optim
+    b = client_batch_size(optim.batch_size, rt.num_clients)
     records, loss_sum, correct, seen = [], 0.0, 0, 0
     for cid in rt.client_ids:
         rows = rt.partition(cid)
         model = rt.full_model(global_arrays, stage, frozen)
-        optimizer = make_optimizer(model.parameters(), cfg)
+        optimizer = make_optimizer(model.parameters(), optim)
         load_optimizer(context.state, local_optim_key(cid, stage), optimizer)
         steps = steps_per_epoch(len(rows), b)
-        total = steps * cfg.epochs
+        total = steps * optim.epochs
         done = train_epoch(
             model,
             optimizer,
@@ -71,8 +71,10 @@ def train(msg: Message, context: Context) -> Message:
             b,
             server_round - 1,
             client_seed(cfg.seed, cid),
-            lambda step, r=server_round, s=steps, t=total: scheduled_lr(cfg, (r - 1) * s + step, t),
-            rt.exp.spec.kind,
+            lambda step, r=server_round, s=steps, t=total: scheduled_lr(
+                optim, (r - 1) * s + step, t
+            ),
+            rt.exp.task,
             rt.device,
         )
         save_optimizer(context.state, local_optim_key(cid, stage), optimizer)
@@ -98,3 +100,6 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+HANDLERS = {"train": train}

@@ -88,21 +88,21 @@ class NodeRuntime:
                 'Start it with --node-config "partition-id=0 num-partitions=2".'
             )
         pid, parts = int(node_cfg["partition-id"]), int(node_cfg["num-partitions"])
-        k = cfg.clients_per_node
+        k = cfg.federation.clients_per_node
         return cls(
             cfg=cfg,
             exp=Experiment.from_config(cfg),
             client_ids=[pid * k + j for j in range(k)],
             num_clients=parts * k,
-            device=resolve_device(cfg.client_device),
+            device=resolve_device(cfg.federation.client_device),
         )
 
     def train_set(self) -> MultimodalDataset:
-        return load_split(self.cfg, "train")
+        return load_split(self.cfg.data, "train")
 
     def partition(self, cid: int) -> np.ndarray:
         self.check_client(cid)
-        return client_partition(self.cfg, cid, self.num_clients)
+        return client_partition(self.cfg.data, cid, self.num_clients, seed=self.cfg.seed)
 
     def check_client(self, cid: int) -> None:
         if cid not in self.client_ids:
@@ -114,7 +114,7 @@ class NodeRuntime:
         if not load_module(state, head_state_key(cid), head):
             load_trainable_state(head, initial)
         head.to(self.device)
-        optimizer = make_optimizer(head.parameters(), self.cfg)
+        optimizer = make_optimizer(head.parameters(), self.cfg.optim)
         load_optimizer(state, optim_state_key(cid), optimizer)
         return SplitClient(
             head,
@@ -123,6 +123,7 @@ class NodeRuntime:
             self.partition(cid),
             client_seed(self.cfg.seed, cid),
             self.device,
+            self.exp.task,
         )
 
     def state_keys(self, cid: int) -> tuple[str, str, str]:

@@ -51,7 +51,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpointer:
-    """Writes and reads ``<run-dir>/checkpoint.pt`` for one run."""
+    """Writes and reads ``<run-dir>/checkpoint.pt`` for one run.
+
+    Its period comes from ``cfg.output``; it keeps the whole ``cfg`` because a resumed
+    run must match the checkpointed one key for key.
+    """
 
     def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
         self.path = Path(run_dir) / CHECKPOINT
@@ -59,8 +63,8 @@ class Checkpointer:
 
     def due(self, epochs_done: int) -> bool:
         """Whether the end of this epoch is a checkpoint (the last epoch always is)."""
-        every = self.cfg.checkpoint_every
-        return every > 0 and (epochs_done % every == 0 or epochs_done == self.cfg.epochs)
+        every = self.cfg.output.checkpoint_every
+        return every > 0 and (epochs_done % every == 0 or epochs_done == self.cfg.optim.epochs)
 
     def save(self, payload: dict[str, Any]) -> None:
         payload = {"format": FORMAT, "config": self.cfg.to_mapping(), **payload}
@@ -103,7 +107,7 @@ class Checkpointing:
 
     @property
     def resume(self) -> bool:
-        return self.checkpointer.cfg.resume
+        return self.checkpointer.cfg.output.resume
 
     def load(self) -> dict[str, Any]:
         payload = self.checkpointer.load()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,15 +30,10 @@ import numpy as np
 
 from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
 from mpsl_flwr.costs import run_costs
+from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.launch import PROJECT_DIR, flwr_run, local_superlink
-
-STRATEGIES = ("mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized")
-
-
-def headline_metric(kind: str) -> str:
-    """The metric a table reports: test accuracy, or the recall sum for retrieval."""
-    return "test-rsum" if kind == "retrieval" else "test-accuracy"
+from mpsl_flwr.registry import STRATEGIES, strategy_spec
 
 
 def rounds_to_fraction_of_peak(curve: list[float], fraction: float = 0.95) -> int:
@@ -72,7 +66,7 @@ def run_all(
                 print(f"\n=== {strategy}, seed {seed} ===", flush=True)
                 t0 = time.time()
                 try:
-                    if strategy == "centralized":
+                    if not strategy_spec(strategy).needs_grid:  # runs in this process
                         from strategies.runner import run_experiment
 
                         run_dir = run_experiment(RunConfig.from_mapping(values), grid=None)
@@ -110,7 +104,7 @@ def summarise(
         summaries = [json.loads((Path(r["run-dir"]) / "summary.json").read_text()) for r in done]
         cfg = resolve_config({**overrides, "strategy": strategy})
         exp = Experiment.from_config(cfg)
-        metric = headline_metric(exp.info.kind)
+        metric = exp.task.headline
         per_seed = [[h[metric] for h in s["history"]] for s in summaries]
         curves[strategy] = {"metric": metric, "curves": per_seed}
         finals = [c[-1] for c in per_seed]
@@ -118,7 +112,7 @@ def summarise(
             np.mean([h["mb-up-per-client"] + h["mb-down-per-client"] for h in s["history"]])
             for s in summaries
         ]
-        cost = run_costs(exp, math.ceil(cfg.batch_size / nodes))
+        cost = run_costs(exp, client_batch_size(cfg.batch_size, nodes))
         rows.append(
             {
                 "strategy": strategy,

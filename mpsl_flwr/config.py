@@ -20,9 +20,14 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-Strategy = Literal["mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized"]
+from mpsl_flwr.registry import STRATEGIES, strategy_spec
+
+if TYPE_CHECKING:
+    Strategy = str
+else:  # the registry's names, validated like every other choice
+    Strategy = Literal[tuple(STRATEGIES)]
 ModelSize = Literal["tiny", "small", "base", "large", "huge"]
 Fusion = Literal["auto", "early", "late"]
 HeadSync = Literal["push", "keep"]
@@ -35,8 +40,106 @@ RetrievalPartition = Literal["iid", "dirichlet-cluster"]
 AdapterSharing = Literal["per-modality", "shared"]
 
 
+_Part = TypeVar("_Part")
+
+
 class ConfigError(ValueError):
     """A run-config key is unknown, of the wrong type, or out of range."""
+
+
+# The parts of a run config. Each is a frozen view of some flat keys of RunConfig (same
+# field names, same values), so a builder can take only the part it needs while the
+# run config stays one flat surface of kebab-case keys. ``strategy``, ``seed`` and the
+# staged strategies' ``stage-*`` keys belong to no part: ``seed`` fixes the data
+# partitions, the clients' batch order and the initial weights alike, so builders that
+# need it take it as an argument of its own.
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, its input sizes, and how its training split is partitioned."""
+
+    dataset: str
+    data_dir: str
+    data_seed: int
+    synthetic_train_size: int
+    synthetic_test_size: int
+    synthetic_difficulty: float
+    image_size: int
+    audio_frames: int
+    text_length: int
+    image_norm: ImageNorm
+    dirichlet_alpha: float
+    min_partition_size: int
+    retrieval_partition: RetrievalPartition
+    retrieval_clusters: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder, which of it trains, fusion, pretrained weights and the tails' knobs."""
+
+    model_size: ModelSize
+    encoder_depth: int
+    finetune_blocks: int
+    fusion: Fusion
+    pretrained: str
+    pretrained_format: PretrainedFormat
+    train_token_embedding: bool
+    temperature: float
+    fedclip_adapter: AdapterSharing
+    fedclip_train_tokenizers: bool
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks in the server body."""
+        from mpsl_flwr.models.sizes import ENCODER_SIZES
+
+        return self.encoder_depth or ENCODER_SIZES[self.model_size].depth
+
+    @property
+    def trainable_blocks(self) -> int:
+        """How many of the last blocks train (``finetune-blocks``, -1 = all)."""
+        return self.depth if self.finetune_blocks < 0 else self.finetune_blocks
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Global batch, epochs, and the AdamW optimiser and schedule of both sides."""
+
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    weight_decay: float
+    lr_schedule: LrSchedule
+    warmup_ratio: float
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How clients are served and trusted: nodes, timeouts, traffic, devices."""
+
+    clients_per_node: int
+    head_sync: HeadSync
+    min_nodes: int
+    node_wait_timeout: float
+    step_timeout: float
+    activation_dtype: ActivationDtype
+    max_client_mb: float
+    server_device: Device
+    client_device: Device
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where a run writes, how it evaluates and checkpoints, and what it shows."""
+
+    output_dir: str
+    run_name: str
+    eval_batch_size: int
+    checkpoint_every: int
+    resume: bool
+    progress: bool
 
 
 @dataclass(frozen=True)
@@ -127,17 +230,43 @@ class RunConfig:
         """A copy with some fields (snake_case) changed."""
         return dataclasses.replace(self, **changes)
 
+    @functools.cached_property
+    def data(self) -> DataConfig:
+        """The dataset and partitioning keys."""
+        return self._part(DataConfig)
+
+    @functools.cached_property
+    def model(self) -> ModelConfig:
+        """The model keys."""
+        return self._part(ModelConfig)
+
+    @functools.cached_property
+    def optim(self) -> OptimConfig:
+        """The optimisation keys."""
+        return self._part(OptimConfig)
+
+    @functools.cached_property
+    def federation(self) -> FederationConfig:
+        """The federation and device keys."""
+        return self._part(FederationConfig)
+
+    @functools.cached_property
+    def output(self) -> OutputConfig:
+        """The output, evaluation and checkpoint keys."""
+        return self._part(OutputConfig)
+
+    def _part(self, part: type[_Part]) -> _Part:
+        return part(**{f.name: getattr(self, f.name) for f in fields(part)})
+
     @property
     def depth(self) -> int:
         """Number of transformer blocks in the server body."""
-        from mpsl_flwr.models.sizes import ENCODER_SIZES
-
-        return self.encoder_depth or ENCODER_SIZES[self.model_size].depth
+        return self.model.depth
 
     @property
     def trainable_blocks(self) -> int:
         """How many of the last blocks train (``finetune-blocks``, -1 = all)."""
-        return self.depth if self.finetune_blocks < 0 else self.finetune_blocks
+        return self.model.trainable_blocks
 
 
 def load_pyproject_config(project_dir: str | Path | None = None) -> dict[str, Any]:
@@ -258,9 +387,10 @@ def _check_ranges(cfg: RunConfig) -> None:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"Run-config key '{_key(name)}' must be positive.")
-    if cfg.resume and cfg.strategy not in ("mpsl", "centralized"):
+    if cfg.resume and not strategy_spec(cfg.strategy).resumable:
+        resumable = [name for name, s in STRATEGIES.items() if s.resumable]
         raise ConfigError(
-            f"resume=true is supported for strategy mpsl and centralized, not {cfg.strategy}."
+            f"resume=true is supported for strategy {' and '.join(resumable)}, not {cfg.strategy}."
         )
     if cfg.resume and not cfg.run_name:
         raise ConfigError("resume=true needs 'run-name' set to the run to resume.")

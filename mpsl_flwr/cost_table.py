@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 from pathlib import Path
 from typing import Any
 
 from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
 from mpsl_flwr.costs import measure
+from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.launch import PROJECT_DIR
 from mpsl_flwr.models.sizes import ENCODER_SIZES
-from mpsl_flwr.staging import STAGED_STRATEGIES, StageSchedule
+from mpsl_flwr.registry import STRATEGIES, strategy_spec
+from mpsl_flwr.staging import StageSchedule
 
-STRATEGIES = ("mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized")
 COLUMNS = (
     "size",
     "strategy",
@@ -46,18 +46,19 @@ COLUMNS = (
 def cost_rows(base: RunConfig, sizes: list[str], strategies: list[str], nodes: int) -> list[dict]:
     """One row per (size, strategy), measured."""
     rows = []
-    client_batch = math.ceil(base.batch_size / nodes)
+    client_batch = client_batch_size(base.batch_size, nodes)
     for size in sizes:
         for strategy in strategies:
             cfg = base.replace(model_size=size, strategy=strategy)
             exp = Experiment.from_config(cfg)
-            batch = base.batch_size if strategy == "centralized" else client_batch
+            spec = strategy_spec(strategy)
+            batch = base.batch_size if spec.side == "server" else client_batch
             stages = [0]
-            if strategy in STAGED_STRATEGIES:
+            if spec.stages is not None:
                 stages = list(range(StageSchedule.from_config(cfg).num_stages))
             for stage in stages:
                 d = measure(exp, batch_size=batch, stage=stage).as_dict()
-                if strategy == "mpsl":  # the server trains on the whole global batch
+                if spec.side == "split":  # the server trains on the whole global batch
                     d["server_train_mb"] = measure(exp, base.batch_size).server_train_mb
                 label = strategy if len(stages) == 1 else f"{strategy} s{stage + 1}/{len(stages)}"
                 rows.append(

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mpsl_flwr import tasks
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel, build_head, build_server, count_trainable
-from mpsl_flwr.staging import STAGED_STRATEGIES, StageSchedule, run_parameters
+from mpsl_flwr.registry import strategy_spec
+from mpsl_flwr.staging import StageSchedule, run_parameters
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def _sample_batch(exp: Experiment, batch_size: int) -> dict[str, torch.Tensor]:
         batch["audio"] = torch.zeros(batch_size, info.audio_frames, 128)
     if "text" in info.modalities:
         batch["text"] = torch.zeros(batch_size, info.text_length, dtype=torch.int64)
-    if info.kind == "retrieval":
-        batch["label"] = torch.arange(batch_size)
+    if exp.task.labels_are_pair_ids:
+        batch["label"] = torch.arange(batch_size)  # every sample its own pair
     return batch
 
 
@@ -105,9 +105,7 @@ def training_step_cost(module: nn.Module, step: Callable[[], object]) -> tuple[i
 
 
 def _loss(exp: Experiment, model: SplitModel, out: torch.Tensor, batch) -> torch.Tensor:
-    if exp.spec.kind == "retrieval":
-        return tasks.contrastive_loss(out, model.server.tail.logit_scale)
-    return tasks.classification_loss(out, batch["label"])
+    return exp.task.loss(out, labels=batch["label"], tail=model.server.tail)
 
 
 def measure(
@@ -122,7 +120,8 @@ def measure(
     with torch.device(device):
         head, server = build_head(exp.spec), build_server(exp.spec)
     model = SplitModel(head, server)
-    if exp.cfg.strategy in STAGED_STRATEGIES:
+    spec = strategy_spec(exp.cfg.strategy)
+    if spec.stages is not None:
         StageSchedule.from_config(exp.cfg).apply(model, stage)
     batch = {k: v.to(device) for k, v in _sample_batch(exp, batch_size).items()}
     strategy = exp.cfg.strategy
@@ -158,7 +157,7 @@ def measure(
             loss.backward()
 
     g, mb = 1e9 * batch_size, 1e6
-    if strategy == "mpsl":
+    if spec.side == "split":
         fwd = count_flops(head_fwd)
         head_flops, head_bytes = training_step_cost(head, head_fwd_bwd)
         server_flops, server_bytes = training_step_cost(server, server_fwd_bwd)
@@ -176,7 +175,7 @@ def measure(
     whole_fwd = count_flops(model_fwd) / g
     whole_flops, whole_bytes = training_step_cost(model, model_fwd_bwd)
     whole, memory = whole_flops / g, whole_bytes / mb
-    if strategy == "centralized":
+    if spec.side == "server":
         return CostReport(
             strategy, 0, count_trainable(model), 0.0, 0.0, whole_fwd, whole, 0.0, memory
         )
@@ -187,7 +186,7 @@ def run_costs(exp: Experiment, batch_size: int = 2) -> CostReport:
     """Costs of a whole run: for the staged strategies, GFLOPs averaged over the run's
     rounds (each round costs what its stage costs), parameters and memory at their peak;
     for the others, :func:`measure`."""
-    if exp.cfg.strategy not in STAGED_STRATEGIES:
+    if strategy_spec(exp.cfg.strategy).stages is None:
         return measure(exp, batch_size)
     schedule = StageSchedule.from_config(exp.cfg)
     stages = [schedule.stage_of(r) for r in range(1, exp.cfg.epochs + 1)]

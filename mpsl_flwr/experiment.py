@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from mpsl_flwr import tasks
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.data.base import DatasetInfo, MultimodalDataset
 from mpsl_flwr.data.registry import dataset_info, load_split
@@ -28,6 +27,8 @@ from mpsl_flwr.models.split_model import (
     count_trainable,
 )
 from mpsl_flwr.optim import resolve_device
+from mpsl_flwr.registry import strategy_spec
+from mpsl_flwr.tasks import Task, task_of
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -42,27 +43,35 @@ class Experiment:
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Experiment:
-        info = dataset_info(cfg)
-        return cls(cfg, info, ModelSpec.from_config(cfg, info))
+        info = dataset_info(cfg.data)
+        options = strategy_spec(cfg.strategy).model(cfg)
+        spec = ModelSpec.from_config(cfg.model, info, options=options, seed=cfg.seed)
+        return cls(cfg, info, spec)
+
+    @property
+    def task(self) -> Task:
+        """What the run trains for: loss, metrics and how it is reported."""
+        return task_of(self.info)
 
     @property
     def server_device(self) -> torch.device:
-        return resolve_device(self.cfg.server_device)
+        return resolve_device(self.cfg.federation.server_device)
 
     def initial_model(self) -> tuple[ClientHead, ServerModel]:
         """Head and server part at their initial weights (pretrained ones if configured)."""
         head, server = build_head(self.spec), build_server(self.spec)
-        if self.cfg.pretrained:
-            report = load_pretrained(self.cfg.pretrained, self.cfg.pretrained_format, head, server)
+        model = self.cfg.model
+        if model.pretrained:
+            report = load_pretrained(model.pretrained, model.pretrained_format, head, server)
             log.info("Loaded pretrained weights: %s", report)
             apply_trainable(self.spec, head, server)
         return head, server
 
     def test_set(self) -> MultimodalDataset:
-        return load_split(self.cfg, "test")
+        return load_split(self.cfg.data, "test")
 
     def train_set(self) -> MultimodalDataset:
-        return load_split(self.cfg, "train")
+        return load_split(self.cfg.data, "train")
 
     def evaluate(self, head: ClientHead, server: ServerModel) -> dict[str, Any]:
         """Test metrics of ``[head; server]`` on the held-out split, keys prefixed ``test-``."""
@@ -70,7 +79,9 @@ class Experiment:
         model = SplitModel(head, server)
         original = next(head.parameters()).device
         model.to(device)
-        metrics = tasks.evaluate(model, self.test_set(), self.cfg.eval_batch_size, device)
+        metrics = self.task.evaluate(
+            model, self.test_set(), self.cfg.output.eval_batch_size, device
+        )
         head.to(original)
         return {f"test-{k}": v for k, v in metrics.items()}
 

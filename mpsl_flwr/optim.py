@@ -2,7 +2,8 @@
 
 AdamW is per-parameter, so one optimiser over the whole model (centralized) and two
 over its halves (MPSL server and client) take identical steps. The schedule lives on
-the server, which sends each step's learning rate to the clients.
+the server, which sends each step's learning rate to the clients. Builders take the
+optimisation part of the run config (``RunConfig.optim``).
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from functools import partial
 import torch
 from torch import nn
 
-from mpsl_flwr.config import RunConfig
+from mpsl_flwr.config import OptimConfig
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable ``params``."""
+def make_optimizer(params: Iterable[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable ``params`` (``learning-rate``, ``weight-decay``)."""
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         # An empty optimiser is legal for a fully frozen part; AdamW refuses [].
         trainable = [nn.Parameter(torch.zeros(0), requires_grad=True)]
-    return torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(trainable, lr=optim.learning_rate, weight_decay=optim.weight_decay)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -36,20 +37,22 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def scheduled_lr(cfg: RunConfig, step: int, total_steps: int) -> float:
+def scheduled_lr(optim: OptimConfig, step: int, total_steps: int) -> float:
     """The learning rate at ``step`` of ``total_steps`` (what the scheduler would give)."""
-    warmup = int(cfg.warmup_ratio * total_steps)
-    return cfg.learning_rate * lr_factor(step, total_steps, warmup, cfg.lr_schedule)
+    warmup = int(optim.warmup_ratio * total_steps)
+    return optim.learning_rate * lr_factor(step, total_steps, warmup, optim.lr_schedule)
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Warm-up plus cosine decay over ``total_steps`` (``lr-schedule``, ``warmup-ratio``)."""
-    warmup = int(cfg.warmup_ratio * total_steps)
+    warmup = int(optim.warmup_ratio * total_steps)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        partial(lr_factor, total_steps=total_steps, warmup_steps=warmup, schedule=cfg.lr_schedule),
+        partial(
+            lr_factor, total_steps=total_steps, warmup_steps=warmup, schedule=optim.lr_schedule
+        ),
     )
 
 

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mpsl_flwr.config import RunConfig
+from mpsl_flwr.records import EpochRecord
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -49,14 +51,23 @@ def new_run_dir(root: Path, name: str) -> Path:
 
 
 class RunRecorder:
-    """Writes a run's files as it goes."""
+    """Writes a run's files as it goes.
 
-    def __init__(self, cfg: RunConfig, num_clients: int | None = None) -> None:
+    Where and under which name comes from ``cfg.output``; the whole ``cfg`` is written
+    to ``config.json`` and the summary, and names the run when ``run-name`` is empty.
+    ``headline`` is the test metric the plot shows (the task's).
+    """
+
+    def __init__(
+        self, cfg: RunConfig, num_clients: int | None = None, headline: str | None = None
+    ) -> None:
         self.cfg = cfg
+        self.headline = headline
+        out = cfg.output
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = cfg.run_name or f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{stamp}"
-        root = Path(cfg.output_dir).expanduser().resolve()
-        if cfg.resume:
+        name = out.run_name or f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{stamp}"
+        root = Path(out.output_dir).expanduser().resolve()
+        if out.resume:
             self.dir = root / name
             if not self.dir.is_dir():
                 raise FileNotFoundError(
@@ -83,9 +94,9 @@ class RunRecorder:
 
     def restore(self, history: list[dict[str, Any]]) -> None:
         """Continue from a checkpoint's history: rows after it are dropped from the files."""
-        self.history = list(history)
+        self.history = [EpochRecord.from_row(row).to_row() for row in history]
         if self.history:
-            self.t0 = time.time() - float(self.history[-1].get("wall-time-s", 0.0))
+            self.t0 = time.time() - float(self.history[-1]["wall-time-s"] or 0.0)
         text = "".join(json.dumps(row) + "\n" for row in self.history)
         _atomic_write(self.dir / HISTORY_JSONL, text)
         self._write_csv()
@@ -96,9 +107,9 @@ class RunRecorder:
         self.summary.update(fields)
         self._write_summary()
 
-    def log_epoch(self, row: dict[str, Any]) -> None:
+    def log_epoch(self, record: EpochRecord) -> None:
         """Append one epoch/round of metrics; everything is on disk when this returns."""
-        row = {"wall-time-s": round(time.time() - self.t0, 3), **row}
+        row = record.replace(wall_time_s=round(time.time() - self.t0, 3)).to_row()
         self.history.append(row)
         with (self.dir / HISTORY_JSONL).open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -116,7 +127,7 @@ class RunRecorder:
         )
         self._write_summary()
         try:
-            plot_history(self.history, self.dir / PLOT, title=self.dir.name)
+            plot_history(self.history, self.dir / PLOT, title=self.dir.name, metric=self.headline)
         except Exception as err:
             log.warning("Could not draw %s: %s", PLOT, err)
         return self.dir / SUMMARY
@@ -142,16 +153,10 @@ class RunRecorder:
         os.replace(tmp, self.dir / HISTORY_CSV)
 
 
-def main_metric(row: dict[str, Any]) -> tuple[str, float] | None:
-    """The headline test metric of a history row: accuracy, else recall sum."""
-    for key in ("test-accuracy", "test-rsum"):
-        if key in row:
-            return key, float(row[key])
-    return None
-
-
-def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Test metric and train loss against epoch, as a PNG."""
+def plot_history(
+    history: list[dict[str, Any]], path: Path, title: str = "", metric: str | None = None
+) -> None:
+    """Test ``metric`` (where the history has it) and train loss against epoch, as a PNG."""
     if not history:
         return
     import matplotlib
@@ -161,10 +166,9 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
 
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    metric = main_metric(history[0])
-    if metric:
-        ax1.plot(epochs, [r[metric[0]] for r in history], marker="o")
-        ax1.set_ylabel(metric[0])
+    if metric is not None and history[0].get(metric) is not None:
+        ax1.plot(epochs, [r[metric] for r in history], marker="o")
+        ax1.set_ylabel(metric)
     ax1.set_xlabel("epoch")
     ax1.grid(alpha=0.3)
     ax2.plot(epochs, [r.get("train-loss", float("nan")) for r in history], marker="o", color="C1")
@@ -177,17 +181,22 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     plt.close(fig)
 
 
-def format_table(history: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    """A Markdown table of the history (for the console and READMEs)."""
+def format_table(history: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A Markdown table of the history (for the console and READMEs).
+
+    A column that is null (or absent) in every row is left out: it was not measured.
+    """
     if not history:
         return "(no epochs recorded)"
     if columns is None:
         columns = [k for k in history[0] if not k.startswith("config")]
+    columns = [c for c in columns if any(row.get(c) is not None for row in history)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in history:
         cells = []
         for c in columns:
-            v = row.get(c, "")
+            v = row.get(c)
+            v = "" if v is None else v
             cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -12,16 +12,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mpsl_flwr import tasks
 from mpsl_flwr.data.base import MultimodalDataset
 from mpsl_flwr.data.partition import batch_indices
 from mpsl_flwr.models.head import ClientHead
 from mpsl_flwr.optim import set_lr
 from mpsl_flwr.protocol import BatchPlan
+from mpsl_flwr.tasks import Task
 
 
 class SplitClient:
-    """One logical client: its partition of the training set and its head."""
+    """One logical client: its partition of the training set, its head and the task whose
+    loss it computes on its own labels."""
 
     def __init__(
         self,
@@ -31,6 +32,7 @@ class SplitClient:
         partition: np.ndarray,
         shuffle_seed: int,
         device: torch.device,
+        task: Task,
     ) -> None:
         self.head = head.to(device)
         self.optimizer = optimizer
@@ -38,6 +40,7 @@ class SplitClient:
         self.partition = partition
         self.shuffle_seed = shuffle_seed
         self.device = device
+        self.task = task
 
     def batch(self, plan: BatchPlan) -> dict[str, Tensor]:
         """The samples of ``plan``: a slice of this epoch's seeded permutation."""
@@ -54,7 +57,7 @@ class SplitClient:
             return self.head(self.batch(plan))
 
     def loss_grad(self, plan: BatchPlan, output: Tensor) -> tuple[Tensor, float, int, int]:
-        """``dL_n/dz_n`` of the mean cross-entropy on this client's own labels.
+        """``dL_n/dz_n`` of the task's mean loss on this client's own labels.
 
         Returns the gradient, the loss, the number of correct predictions and ``b_n``.
         """
@@ -64,12 +67,12 @@ class SplitClient:
                 f"server sent {output.shape[0]} outputs for a batch of {labels.shape[0]}."
             )
         z = output.to(self.device, torch.float32).requires_grad_(True)
-        loss = tasks.classification_loss(z, labels)
+        loss = self.task.loss(z, labels=labels)
         loss.backward()
         return (
             z.grad.detach().cpu(),
             loss.item(),
-            tasks.accuracy_counts(z.detach(), labels),
+            self.task.correct(z.detach(), labels),
             len(labels),
         )
 

@@ -13,25 +13,30 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from mpsl_flwr import tasks
 from mpsl_flwr.models.server import ServerModel
+from mpsl_flwr.tasks import Task
 
 
 class SplitServer:
-    """Holds the server model and its optimiser; runs the two halves of a step."""
+    """Holds the server model and its optimiser; runs the two halves of a step.
+
+    ``task`` says which backward applies: with labels on the client
+    (``task.labels_on_client``) the clients' output gradients; otherwise the task's loss
+    over the whole global batch, computed here.
+    """
 
     def __init__(
         self,
         model: ServerModel,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        kind: str,
+        task: Task,
         device: torch.device,
     ) -> None:
         self.model = model.to(device)
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.kind = kind
+        self.task = task
         self.device = device
         self._inputs: dict[str, Tensor] = {}
         self._output: Tensor | None = None
@@ -65,7 +70,7 @@ class SplitServer:
     def backward_from_client_grads(
         self, output_grads: Mapping[int, Tensor]
     ) -> tuple[dict[int, dict[str, Tensor]], int]:
-        """Classification: combine ``dL_n/dz_n`` into ``dL_S/dz``; one backward; one step.
+        """Labels on the clients: combine ``dL_n/dz_n`` into ``dL_S/dz``; one backward; one step.
 
         Returns the cut-layer gradient of every client present in ``output_grads`` and
         ``|B|``, the number of samples that entered the update.
@@ -83,8 +88,8 @@ class SplitServer:
         return self._step(present), total
 
     def backward_from_server_loss(self) -> tuple[dict[int, dict[str, Tensor]], float, int]:
-        """Retrieval: contrastive loss over the whole global batch, computed here."""
-        loss = tasks.contrastive_loss(self._output, self.model.tail.logit_scale)
+        """No labels needed (retrieval): the task's loss over the whole global batch, here."""
+        loss = self.task.loss(self._output, tail=self.model.tail)
         loss.backward()
         present = sorted(self._slices)
         total = self._slices[present[-1]].stop

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.models.split_model import SplitModel
+from mpsl_flwr.registry import staged_strategies, strategy_spec
 
-STAGED_STRATEGIES = ("lw-fedmml", "prog-fedmml")
 FROZEN = "frozen"  # the record that carries a stage's frozen blocks to a node
 _BLOCK = re.compile(r"^server\.encoder\.blocks\.(\d+)\.")
 _TOKEN_TABLE = "head.tokenizers.text.token_embedding."
@@ -46,17 +46,17 @@ class StageSchedule:
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> StageSchedule:
-        if cfg.strategy not in STAGED_STRATEGIES:
+        stages = strategy_spec(cfg.strategy).stages
+        if stages is None:
             raise ValueError(
-                f"strategy={cfg.strategy} has no stages; use one of {STAGED_STRATEGIES}."
+                f"strategy={cfg.strategy} has no stages; use one of {staged_strategies()}."
             )
-        stages = math.ceil(cfg.depth / cfg.stage_blocks)
-        rounds = cfg.stage_rounds or max(1, cfg.epochs // stages)
+        rounds = cfg.stage_rounds or max(1, cfg.epochs // math.ceil(cfg.depth / cfg.stage_blocks))
         return cls(
             depth=cfg.depth,
             blocks_per_stage=cfg.stage_blocks,
             rounds_per_stage=rounds,
-            progressive=cfg.strategy == "prog-fedmml",
+            progressive=stages == "progressive",
             train_token_embedding=cfg.train_token_embedding,
         )
 

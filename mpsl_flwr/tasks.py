@@ -1,13 +1,30 @@
-"""Losses and metrics of the two task kinds: classification and image-text retrieval."""
+"""The two tasks a run can train: classification and image-text retrieval.
+
+A :class:`Task` owns everything that differs between them: the training loss, the test
+metrics, the headline metric and table columns of a run, the tail on top of the
+encoder, the default fusion, and where the loss is computed. Code that trains or
+reports asks the task (``task_of(info)``) instead of comparing ``info.kind`` strings,
+so the two tasks differ in one place.
+"""
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from mpsl_flwr.data.base import DatasetInfo, Kind, MultimodalDataset
+from mpsl_flwr.models.server import ClassificationTail, RetrievalTail
 
 RECALL_KS = (1, 5, 10)
+RETRIEVAL_EMBED_DIM = 256
+# Columns of the console table that every task shows around its own test metrics.
+_TABLE_HEAD = ("epoch", "train-loss")
+_TABLE_TAIL = ("mb-up-per-client", "mb-down-per-client", "epoch-time-s", "wall-time-s")
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -61,25 +78,167 @@ def recall_at_k(embeddings: Tensor, pair_ids: Tensor, ks: tuple[int, ...] = RECA
     return out
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, batch_size: int, device: torch.device) -> dict:
-    """Test metrics of a whole model (head + server) on ``dataset``.
+class Task(ABC):
+    """What one task trains for and how a run reports it.
 
-    Classification: accuracy and mean loss. Retrieval: recall@1/5/10 both ways.
+    Attributes
+    ----------
+    kind : str
+        The ``DatasetInfo.kind`` this task serves.
+    headline : str
+        The history column a run is judged by (tables, plots, comparisons).
+    table_metrics : tuple[str, ...]
+        The test columns the console table shows.
+    reports_train_accuracy : bool
+        Whether a training step counts correct predictions (history ``train-accuracy``).
+    labels_on_client : bool
+        Whether the loss needs labels that only the client holds. Then MPSL sends each
+        client its output slice and the client computes its loss (the loss leg);
+        otherwise the server computes the loss over the whole global batch.
+    labels_are_pair_ids : bool
+        Whether the ``label`` column names the pair a sample belongs to (the image of a
+        caption) rather than a class: partitions then keep pairs whole.
+    default_fusion : str
+        What ``fusion=auto`` means for this task (see :meth:`fusion`).
     """
-    was_training = model.training
-    model.eval()
-    outputs, labels = [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset.batch(np.arange(start, min(start + batch_size, len(dataset))))
-        batch = {k: v.to(device) for k, v in batch.items()}
-        outputs.append(model(batch).float().cpu())
-        labels.append(batch["label"].cpu())
-    model.train(was_training)
-    z, y = torch.cat(outputs), torch.cat(labels)
-    if dataset.info.kind == "retrieval":
-        return recall_at_k(z, y)
-    return {
-        "accuracy": accuracy_counts(z, y) / len(y),
-        "loss": float(classification_loss(z, y)),
-    }
+
+    kind: ClassVar[Kind]
+    headline: ClassVar[str]
+    table_metrics: ClassVar[tuple[str, ...]]
+    reports_train_accuracy: ClassVar[bool]
+    labels_on_client: ClassVar[bool]
+    labels_are_pair_ids: ClassVar[bool]
+    default_fusion: ClassVar[str]
+
+    @property
+    def table_columns(self) -> tuple[str, ...]:
+        """The console table's columns, in order."""
+        return (*_TABLE_HEAD, *self.table_metrics, *_TABLE_TAIL)
+
+    def fusion(self, choice: str) -> str:
+        """The fusion (``early``/``late``) that ``fusion=choice`` means for this task;
+        raises if it cannot serve the task."""
+        return self.default_fusion if choice == "auto" else choice
+
+    @abstractmethod
+    def make_tail(self, width: int, num_classes: int, temperature: float) -> nn.Module:
+        """The server's task head on top of the encoder's pooled read-outs."""
+
+    @abstractmethod
+    def loss(
+        self, output: Tensor, *, labels: Tensor | None = None, tail: nn.Module | None = None
+    ) -> Tensor:
+        """Training loss of ``output`` (the tail's output for a batch).
+
+        Classification needs ``labels``; retrieval needs the ``tail`` (its learned logit
+        scale). Each side of a split passes what it holds.
+        """
+
+    def correct(self, output: Tensor, labels: Tensor) -> int:
+        """Correct predictions in a training batch (0 where the task has none)."""
+        return 0
+
+    @abstractmethod
+    def metrics(self, outputs: Tensor, labels: Tensor) -> dict[str, float]:
+        """Test metrics of the outputs of a whole test split (keys without ``test-``)."""
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset: MultimodalDataset,
+        batch_size: int,
+        device: torch.device,
+    ) -> dict[str, float]:
+        """Test metrics of a whole model (head + server) on ``dataset``."""
+        was_training = model.training
+        model.eval()
+        outputs, labels = [], []
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset.batch(np.arange(start, min(start + batch_size, len(dataset))))
+            batch = {k: v.to(device) for k, v in batch.items()}
+            outputs.append(model(batch).float().cpu())
+            labels.append(batch["label"].cpu())
+        model.train(was_training)
+        return self.metrics(torch.cat(outputs), torch.cat(labels))
+
+
+class Classification(Task):
+    """Softmax cross-entropy on the client's labels; test accuracy and loss."""
+
+    kind = "classification"
+    headline = "test-accuracy"
+    table_metrics = ("test-accuracy",)
+    reports_train_accuracy = True
+    labels_on_client = True
+    labels_are_pair_ids = False
+    default_fusion = "early"
+
+    def make_tail(self, width: int, num_classes: int, temperature: float) -> nn.Module:
+        return ClassificationTail(width, num_classes)
+
+    def loss(
+        self, output: Tensor, *, labels: Tensor | None = None, tail: nn.Module | None = None
+    ) -> Tensor:
+        if labels is None:
+            raise ValueError("the classification loss needs the batch's labels.")
+        return classification_loss(output, labels)
+
+    def correct(self, output: Tensor, labels: Tensor) -> int:
+        return accuracy_counts(output, labels)
+
+    def metrics(self, outputs: Tensor, labels: Tensor) -> dict[str, float]:
+        return {
+            "accuracy": accuracy_counts(outputs, labels) / len(labels),
+            "loss": float(classification_loss(outputs, labels)),
+        }
+
+
+class Retrieval(Task):
+    """CLIP contrastive loss over the whole batch; recall@1/5/10 both ways.
+
+    It needs no labels (every other sample of the batch is a negative), so under MPSL
+    the server computes it over the global batch and there is no loss leg.
+    """
+
+    kind = "retrieval"
+    headline = "test-rsum"
+    table_metrics = ("test-i2t-r1", "test-t2i-r1", "test-rsum")
+    reports_train_accuracy = False
+    labels_on_client = False
+    labels_are_pair_ids = True
+    default_fusion = "late"
+    pair = ("image", "text")
+
+    def fusion(self, choice: str) -> str:
+        if choice == "early":
+            raise ValueError(
+                "Retrieval embeds image and text separately: use fusion=late (or auto)."
+            )
+        return super().fusion(choice)
+
+    def make_tail(self, width: int, num_classes: int, temperature: float) -> nn.Module:
+        return RetrievalTail(width, RETRIEVAL_EMBED_DIM, self.pair, temperature)
+
+    def loss(
+        self, output: Tensor, *, labels: Tensor | None = None, tail: nn.Module | None = None
+    ) -> Tensor:
+        if tail is None:
+            raise ValueError("the contrastive loss needs the tail (its logit scale).")
+        return contrastive_loss(output, tail.logit_scale)
+
+    def metrics(self, outputs: Tensor, labels: Tensor) -> dict[str, float]:
+        return recall_at_k(outputs, labels)
+
+
+CLASSIFICATION = Classification()
+RETRIEVAL = Retrieval()
+TASKS: dict[str, Task] = {t.kind: t for t in (CLASSIFICATION, RETRIEVAL)}
+
+
+def task_of(info: DatasetInfo | str) -> Task:
+    """The task of a dataset (its ``DatasetInfo``, or its ``kind``)."""
+    kind = info if isinstance(info, str) else info.kind
+    if kind not in TASKS:
+        raise ValueError(f"unknown task kind {kind!r}; known: {', '.join(TASKS)}.")
+    return TASKS[kind]

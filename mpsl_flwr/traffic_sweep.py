@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import math
 from pathlib import Path
 
 import matplotlib
@@ -37,36 +36,28 @@ import matplotlib.pyplot as plt
 
 from clients.client_app import app as client_app
 from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
+from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.launch import PROJECT_DIR
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.models.sizes import ENCODER_SIZES
 from mpsl_flwr.protocol import TrafficMeter
+from mpsl_flwr.registry import STRATEGIES as REGISTRY
+from mpsl_flwr.registry import strategy_spec
 
-STRATEGIES = ("mpsl", "fedavg", "fedclip")
+# Federated strategies that train the same parameters every round (no stages).
+STRATEGIES = tuple(n for n, s in REGISTRY.items() if s.needs_grid and s.stages is None)
 PROBE_STEPS = 3
 
 
-def _one_epoch(cfg: RunConfig, nodes: int) -> tuple[dict, TrafficMeter | None]:
-    """Run one epoch of ``cfg.strategy`` over real messages; its history row, and for
-    MPSL the traffic meter."""
-    from flwr.serverapp.strategy import FedAvg
+def _one_epoch(cfg: RunConfig, nodes: int) -> tuple[dict, TrafficMeter]:
+    """Run one epoch of ``cfg.strategy`` over real messages; its history row and meter."""
+    from strategies import load_runner
 
-    from strategies.fedavg import FederatedAveraging
-    from strategies.fedclip import FedCLIP
-    from strategies.mpsl import MPSL
-
-    exp = Experiment.from_config(cfg)
-    grid = LocalGrid(client_app, nodes, cfg.to_mapping())
+    runner = load_runner(strategy_spec(cfg.strategy))(Experiment.from_config(cfg))
     rows: list[dict] = []
-    if cfg.strategy == "mpsl":
-        mpsl = MPSL(exp)
-        mpsl.start(grid, on_epoch_end=rows.append)
-        return rows[0], mpsl.meter
-    FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg).start(
-        grid, None, rows.append
-    )
-    return rows[0], None
+    runner.start(LocalGrid(client_app, nodes, cfg.to_mapping()), None, rows.append)
+    return rows[0], runner.meter
 
 
 def _mb(row: dict) -> tuple[float, float]:
@@ -75,7 +66,7 @@ def _mb(row: dict) -> tuple[float, float]:
 
 def probe_config(base: RunConfig, size: str, strategy: str, nodes: int, steps: int) -> RunConfig:
     """A short, IID, one-epoch run of ``strategy`` at the run's own per-client batch."""
-    per_client = math.ceil(base.batch_size / nodes)
+    per_client = client_batch_size(base.batch_size, nodes)
     return base.replace(
         strategy=strategy,
         model_size=size,
@@ -94,9 +85,9 @@ def measure_size(
     base: RunConfig, size: str, strategy: str, nodes: int, samples_per_client: float
 ) -> tuple[float, float]:
     """MB per client per epoch (up, down) of ``strategy`` at encoder ``size``."""
-    if strategy == "mpsl":
+    spec = strategy_spec(strategy)
+    if spec.side == "split":
         row, meter = _one_epoch(probe_config(base, size, strategy, nodes, PROBE_STEPS), nodes)
-        assert meter is not None
         out = []
         for mb, way in zip(_mb(row), ("up", "down"), strict=True):
             head_bytes, heads = meter.by_record[(way, "head")]
@@ -104,7 +95,7 @@ def measure_size(
             out.append((per_sample * samples_per_client + head_bytes / max(1, heads)) / 1e6)
         return out[0], out[1]
     one = _mb(_one_epoch(probe_config(base, size, strategy, nodes, 1), nodes)[0])
-    if strategy == "fedclip":
+    if spec.model(base).trainable_blocks == 0:  # frozen encoder: depth does not matter
         return one
     two_cfg = probe_config(base, size, strategy, nodes, 1).replace(encoder_depth=2)
     two = _mb(_one_epoch(two_cfg, nodes)[0])

@@ -12,9 +12,9 @@ import argparse
 import logging
 import math
 import time
-from typing import Any
 
 import numpy as np
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from mpsl_flwr.checkpoint import Checkpointing, set_rng_state
@@ -22,6 +22,8 @@ from mpsl_flwr.data.partition import client_seed
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel
 from mpsl_flwr.optim import make_optimizer, scheduled_lr
+from mpsl_flwr.protocol.transport import TrafficMeter
+from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.state import model_arrays
 from mpsl_flwr.trainer import train_epoch
 from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
@@ -32,23 +34,29 @@ log = logging.getLogger("mpsl_flwr")
 class Centralized:
     """Trains ``[head; server]`` on the pooled training split."""
 
+    num_clients = 1
+
     def __init__(self, exp: Experiment) -> None:
         self.exp = exp
         self.head, self.server_model = exp.initial_model()
+        self.meter = TrafficMeter()  # nothing travels
 
     def start(
         self,
+        grid: Grid | None = None,
         evaluate_fn: EvaluateFn | None = None,
         on_epoch_end: EpochEndFn | None = None,
         checkpointing: Checkpointing | None = None,
     ) -> Result:
-        """Train ``epochs`` passes over the pooled training split (checkpointed, resumable)."""
+        """Train ``epochs`` passes over the pooled training split (checkpointed, resumable);
+        ``grid`` is not used."""
         cfg, device = self.exp.cfg, self.exp.server_device
+        optim = cfg.optim
         model = SplitModel(self.head, self.server_model).to(device)
-        optimizer = make_optimizer(model.parameters(), cfg)
+        optimizer = make_optimizer(model.parameters(), optim)
         train = self.exp.train_set()
         rows = np.arange(len(train))
-        steps = math.ceil(len(rows) / cfg.batch_size)
+        steps = math.ceil(len(rows) / optim.batch_size)
         result = Result()
         first_epoch = 0
         if checkpointing is not None and checkpointing.resume:
@@ -57,34 +65,34 @@ class Centralized:
             optimizer.load_state_dict(ckpt["optimizer"])
             set_rng_state(ckpt["rng"])
             first_epoch = int(ckpt["epoch"])
-        for epoch in range(first_epoch, cfg.epochs):
+        for epoch in range(first_epoch, optim.epochs):
             t0 = time.time()
             done = train_epoch(
                 model,
                 optimizer,
                 train,
                 rows,
-                cfg.batch_size,
+                optim.batch_size,
                 epoch,
                 client_seed(cfg.seed, 0),
-                lambda step, e=epoch: scheduled_lr(cfg, e * steps + step, cfg.epochs * steps),
-                self.exp.spec.kind,
+                lambda step, e=epoch: scheduled_lr(optim, e * steps + step, optim.epochs * steps),
+                self.exp.task,
                 device,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                show_progress=cfg.progress,
+                desc=f"epoch {epoch + 1}/{optim.epochs}",
+                show_progress=cfg.output.progress,
             )
-            row: dict[str, Any] = {"epoch": epoch + 1, "train-loss": done.loss, "steps": done.steps}
-            if self.exp.spec.kind == "classification":
-                row["train-accuracy"] = done.accuracy
-            row.update(
-                {
-                    "samples-trained": done.samples,
-                    "mb-down-per-client": 0.0,
-                    "mb-up-per-client": 0.0,
-                    "epoch-time-s": round(time.time() - t0, 3),
-                }
+            record = EpochRecord.of_training(
+                epoch + 1,
+                self.exp.task,
+                done.loss,
+                done.accuracy,
+                steps=done.steps,
+                samples_trained=done.samples,
+                mb_down_per_client=0.0,
+                mb_up_per_client=0.0,
+                epoch_time_s=round(time.time() - t0, 3),
             )
-            report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
+            report_epoch(result, record, self.head, self.server_model, evaluate_fn, on_epoch_end)
             if checkpointing is not None:
                 checkpointing.save_if_due(
                     epoch + 1,

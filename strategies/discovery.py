@@ -8,7 +8,6 @@ real SuperNode has registered, so this waits for all the partitions the nodes an
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -89,8 +88,3 @@ def discover_clients(grid: Grid, exchange: Exchange, cfg: RunConfig) -> dict[int
         sum(c.num_examples for c in clients.values()),
     )
     return clients
-
-
-def client_batch_size(batch_size: int, num_clients: int) -> int:
-    """``b_n = ceil(B / N)``: each of N clients' share of the global batch B."""
-    return math.ceil(batch_size / max(1, num_clients))

@@ -21,10 +21,14 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from mpsl_flwr import protocol as P
+from mpsl_flwr.checkpoint import Checkpointing
+from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel, load_trainable_state
+from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.state import from_array_record, model_arrays
-from strategies.discovery import ClientInfo, client_batch_size, discover_clients
+from strategies.base import require_grid
+from strategies.discovery import ClientInfo, discover_clients
 from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
 
 log = logging.getLogger("mpsl_flwr")
@@ -37,15 +41,22 @@ class FederatedAveraging:
     ----------
     exp : Experiment
         Model spec (which parameters train and travel), data and evaluation.
-    strategy_cls : type[FedAvg]
-        :class:`FedAvg` or a subclass of it (:class:`strategies.fedclip.FedCLIP`).
+
+    A subclass picks another Flower strategy with ``strategy_cls`` (a :class:`FedAvg`
+    subclass) or overrides :meth:`make_strategy`.
     """
 
-    def __init__(self, exp: Experiment, strategy_cls: type[FedAvg] = FedAvg) -> None:
+    strategy_cls: type[FedAvg] = FedAvg
+
+    def __init__(self, exp: Experiment) -> None:
         self.exp = exp
-        self.strategy_cls = strategy_cls
         self.head, self.server_model = exp.initial_model()
         self.clients: dict[int, ClientInfo] = {}
+        self.meter = P.TrafficMeter()
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
 
     def make_strategy(self, **kwargs: Any) -> FedAvg:
         """The Flower strategy, built with the runner's settings (subclasses add theirs)."""
@@ -53,12 +64,16 @@ class FederatedAveraging:
 
     def start(
         self,
-        grid: Grid,
+        grid: Grid | None,
         evaluate_fn: EvaluateFn | None = None,
         on_epoch_end: EpochEndFn | None = None,
+        checkpointing: Checkpointing | None = None,
     ) -> Result:
+        """Run ``epochs`` rounds of the Flower strategy (this family does not resume)."""
+        grid = require_grid(grid, self.exp.cfg.strategy)
         cfg = self.exp.cfg
         metered = P.MeteredGrid(grid)
+        self.meter = metered.meter
         self.clients = discover_clients(metered, P.Exchange(metered), cfg)
         nodes = len({c.node_id for c in self.clients.values()})
         b = client_batch_size(cfg.batch_size, len(self.clients))
@@ -90,18 +105,22 @@ class FederatedAveraging:
                 return None
             model = SplitModel(self.head, self.server_model)
             load_trainable_state(model, from_array_record(arrays))
-            row: dict[str, Any] = {
-                "epoch": server_round,
-                "train-loss": last_train.get("train-loss", float("nan")),
-            }
-            if self.exp.spec.kind == "classification":
-                row["train-accuracy"] = last_train.get("train-accuracy", float("nan"))
-            row["samples-trained"] = int(last_train.get("samples-trained", 0))
-            row.update(metered.meter.mb_per_client(clock["bytes"], len(self.clients)))
-            row["epoch-time-s"] = round(time.time() - clock["t0"], 3)
-            report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
+            mb = metered.meter.mb_per_client(clock["bytes"], len(self.clients))
+            record = EpochRecord.of_training(
+                server_round,
+                self.exp.task,
+                last_train.get("train-loss", float("nan")),
+                last_train.get("train-accuracy", float("nan")),
+                samples_trained=int(last_train.get("samples-trained", 0)),
+                mb_down_per_client=mb["mb-down-per-client"],
+                mb_up_per_client=mb["mb-up-per-client"],
+                epoch_time_s=round(time.time() - clock["t0"], 3),
+            )
+            record = report_epoch(
+                result, record, self.head, self.server_model, evaluate_fn, on_epoch_end
+            )
             clock.update(t0=time.time(), bytes=metered.meter.totals())
-            return MetricRecord({k: float(v) for k, v in row.items() if k.startswith("test-")})
+            return MetricRecord({k: float(v) for k, v in record.test.items()})
 
         clock.update(t0=time.time(), bytes=metered.meter.totals())
         flwr_result = strategy.start(

@@ -17,23 +17,12 @@ from flwr.serverapp import Grid
 from mpsl_flwr.checkpoint import Checkpointer, Checkpointing
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.records import EpochRecord
+from mpsl_flwr.registry import strategy_spec
 from mpsl_flwr.results import RunRecorder, format_table
-from mpsl_flwr.staging import STAGED_STRATEGIES
+from strategies import load_runner
 
 log = logging.getLogger("mpsl_flwr")
-
-TABLE_COLUMNS = (
-    "epoch",
-    "train-loss",
-    "test-accuracy",
-    "test-i2t-r1",
-    "test-t2i-r1",
-    "test-rsum",
-    "mb-up-per-client",
-    "mb-down-per-client",
-    "epoch-time-s",
-    "wall-time-s",
-)
 
 
 def setup_logging() -> None:
@@ -51,7 +40,7 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     """Train with ``cfg.strategy``; returns the run directory."""
     setup_logging()
     exp = Experiment.from_config(cfg)
-    recorder = RunRecorder(cfg)
+    recorder = RunRecorder(cfg, headline=exp.task.headline)
     try:
         final = _dispatch(exp, grid, recorder)
     except BaseException as err:
@@ -67,8 +56,7 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
         }
     )
     recorder.finish(final)
-    columns = [c for c in TABLE_COLUMNS if recorder.history and c in recorder.history[0]]
-    print("\n" + format_table(recorder.history, columns), flush=True)
+    print("\n" + format_table(recorder.history, exp.task.table_columns), flush=True)
     print(f"\nResults: {recorder.dir}", flush=True)
     return recorder.dir
 
@@ -82,62 +70,15 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
     def evaluate(epoch: int, head, server) -> dict[str, Any]:
         return exp.evaluate(head, server)
 
-    if cfg.strategy == "centralized":
-        from strategies.centralized import Centralized
+    spec = strategy_spec(cfg.strategy)
+    runner = load_runner(spec)(exp)
+    recorder.update(**spec.parameter_counts(runner.head, runner.server_model))
 
-        strategy = Centralized(exp)
-        counts = exp.parameter_counts(strategy.head, strategy.server_model)
-        recorder.update(
-            **{
-                "num-clients": 1,
-                "client-trainable-params": 0,
-                "server-trainable-params": sum(counts.values()),
-            }
-        )
-        strategy.start(evaluate, recorder.log_epoch, checkpointing)
-    elif cfg.strategy == "mpsl":
-        from strategies.mpsl import MPSL
+    def on_epoch_end(record: EpochRecord) -> None:
+        if recorder.summary.get("num-clients") is None:
+            recorder.update(**{"num-clients": runner.num_clients})
+        recorder.log_epoch(record)
 
-        mpsl = MPSL(exp)
-        recorder.update(**exp.parameter_counts(mpsl.head, mpsl.server_model))
-        mpsl.start(grid, evaluate, _with_clients(recorder, mpsl), checkpointing)
-    elif cfg.strategy in ("fedavg", "fedclip", *STAGED_STRATEGIES):
-        from flwr.serverapp.strategy import FedAvg
-
-        from strategies.fedavg import FederatedAveraging
-        from strategies.fedclip import FedCLIP
-        from strategies.staged import StagedTraining
-
-        if grid is None:
-            raise ValueError(
-                f"strategy={cfg.strategy} needs a Flower grid: run it with `flwr run`."
-            )
-        if cfg.strategy in STAGED_STRATEGIES:
-            runner = StagedTraining(exp)
-        else:
-            runner = FederatedAveraging(exp, FedCLIP if cfg.strategy == "fedclip" else FedAvg)
-        recorder.update(**_client_side_counts(exp, runner.head, runner.server_model))
-        runner.start(grid, evaluate, _with_clients(recorder, runner))
-    else:  # pragma: no cover - RunConfig validates the choices
-        raise ValueError(f"unknown strategy {cfg.strategy!r}")
+    runner.start(grid, evaluate, on_epoch_end, checkpointing if spec.resumable else None)
     last = recorder.history[-1] if recorder.history else {}
     return {k: v for k, v in last.items() if k.startswith("test-")}
-
-
-def _client_side_counts(exp: Experiment, head, server) -> dict[str, int]:
-    """FedAvg family: the client trains (and sends) everything that is trainable."""
-    counts = exp.parameter_counts(head, server)
-    return {
-        "client-trainable-params": counts["client-trainable-params"]
-        + counts["server-trainable-params"],
-        "server-trainable-params": 0,
-    }
-
-
-def _with_clients(recorder: RunRecorder, mpsl) -> Any:
-    def on_epoch_end(row: dict[str, Any]) -> None:
-        if recorder.summary.get("num-clients") is None:
-            recorder.update(**{"num-clients": len(mpsl.clients)})
-        recorder.log_epoch(row)
-
-    return on_epoch_end

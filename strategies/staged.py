@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.split_model import SplitModel, trainable_state
 from mpsl_flwr.staging import FROZEN, StageSchedule, load_named
 from mpsl_flwr.state import from_array_record, to_array_record
@@ -106,8 +107,10 @@ class StagedFedAvg(FedAvg):
 class StagedTraining(FederatedAveraging):
     """The FedAvg runner (rounds, metering, evaluation, reporting) with staged arrays."""
 
-    def __init__(self, exp) -> None:
-        super().__init__(exp, StagedFedAvg)
+    strategy_cls = StagedFedAvg
+
+    def __init__(self, exp: Experiment) -> None:
+        super().__init__(exp)
         self.schedule = StageSchedule.from_config(exp.cfg)
         reached = self.schedule.stages_reached(exp.cfg.epochs)
         if reached < self.schedule.num_stages:

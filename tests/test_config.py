@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import pytest
 
 from mpsl_flwr.config import ConfigError, RunConfig, load_pyproject_config, parse_overrides
@@ -56,3 +59,75 @@ def test_overrides_parse_like_flwr_run_and_accept_bare_strings():
     assert parse_overrides(["output-dir=/tmp/runs"]) == {"output-dir": "/tmp/runs"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["epochs"])
+
+
+PARTS = ("data", "model", "optim", "federation", "output")
+
+
+def test_parts_are_views_of_the_flat_keys():
+    cfg = RunConfig.from_mapping(
+        {
+            "dataset": "synthetic-va",
+            "dirichlet-alpha": 0.5,
+            "encoder-depth": 4,
+            "finetune-blocks": 1,
+            "learning-rate": 1e-3,
+            "step-timeout": 7.0,
+            "client-device": "cpu",
+            "run-name": "x",
+        }
+    )
+    assert cfg.data.dataset == "synthetic-va" and cfg.data.dirichlet_alpha == 0.5
+    assert (cfg.model.depth, cfg.model.trainable_blocks) == (4, 1) == (cfg.depth, 1)
+    assert cfg.optim.learning_rate == 1e-3 and cfg.optim.batch_size == cfg.batch_size
+    assert cfg.federation.step_timeout == 7.0 and cfg.federation.client_device == "cpu"
+    assert cfg.output.run_name == "x"
+    assert cfg.replace(epochs=2).optim.epochs == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.epochs = 3  # type: ignore[misc]
+
+
+def test_each_key_belongs_to_at_most_one_part_with_its_type():
+    hints = typing.get_type_hints(RunConfig)
+    cfg = RunConfig()
+    owner: dict[str, str] = {}
+    for part in PARTS:
+        sub = getattr(cfg, part)
+        for f in dataclasses.fields(sub):
+            assert f.name not in owner, f"{f.name} in {owner.get(f.name)} and {part}"
+            owner[f.name] = part
+            assert typing.get_type_hints(type(sub))[f.name] == hints[f.name], f.name
+            assert getattr(sub, f.name) == getattr(cfg, f.name)
+    outside = {f.name for f in dataclasses.fields(RunConfig)} - set(owner)
+    assert outside == {"strategy", "seed", "stage_blocks", "stage_rounds"}
+    # The flat surface is unchanged: the parts are no keys of their own.
+    assert not set(PARTS) & set(RunConfig.keys()) and set(cfg.to_mapping()) == set(cfg.keys())
+
+
+def test_builders_take_their_part(tiny):
+    import torch
+
+    from mpsl_flwr.data.registry import client_partition, dataset_info, load_split
+    from mpsl_flwr.experiment import Experiment
+    from mpsl_flwr.models.split_model import ModelSpec
+    from mpsl_flwr.optim import make_optimizer, make_scheduler, scheduled_lr
+
+    cfg = tiny(learning_rate=2e-3, weight_decay=0.1, warmup_ratio=0.25)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = make_optimizer(params, cfg.optim)
+    assert optimizer.param_groups[0]["lr"] == 2e-3
+    assert optimizer.param_groups[0]["weight_decay"] == 0.1
+    scheduler = make_scheduler(optimizer, cfg.optim, 8)
+    for step in range(8):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(scheduled_lr(cfg.optim, step, 8))
+        optimizer.step()
+        scheduler.step()
+    info = dataset_info(cfg.data)
+    assert len(load_split(cfg.data, "train")) == 96
+    parts = [client_partition(cfg.data, c, 2, seed=cfg.seed) for c in range(2)]
+    assert sorted(i for p in parts for i in p.tolist()) == list(range(96))
+    other = client_partition(cfg.data, 0, 2, seed=cfg.seed + 1)
+    assert other.tolist() != parts[0].tolist()  # the run's seed fixes the partitions
+    spec = ModelSpec.from_config(cfg.model, info, strategy=cfg.strategy, seed=cfg.seed)
+    assert spec == Experiment.from_config(cfg).spec
+    assert spec.depth == cfg.model.depth and spec.task.kind == info.kind

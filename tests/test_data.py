@@ -96,11 +96,11 @@ def test_partitioning_errors_say_what_to_change():
 
 def test_client_partitions_come_from_the_train_split_only(tiny):
     cfg = tiny(synthetic_train_size=200, synthetic_test_size=50)
-    parts = [client_partition(cfg, c, 4) for c in range(4)]
+    parts = [client_partition(cfg.data, c, 4, seed=cfg.seed) for c in range(4)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(200))
-    assert len(load_split(cfg, "test")) == 50
+    assert len(load_split(cfg.data, "test")) == 50
     with pytest.raises(ValueError, match="outside"):
-        client_partition(cfg, 4, 4)
+        client_partition(cfg.data, 4, 4, seed=cfg.seed)
 
 
 def test_batch_order_is_a_seeded_permutation_per_epoch():
@@ -118,4 +118,4 @@ def test_batch_order_is_a_seeded_permutation_per_epoch():
 
 def test_unknown_dataset_lists_the_choices(tiny):
     with pytest.raises(ValueError, match="synthetic-vqa, synthetic-va"):
-        dataset_info(tiny(dataset="cifar"))
+        dataset_info(tiny(dataset="cifar").data)

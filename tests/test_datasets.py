@@ -268,10 +268,10 @@ def test_audio_window_is_centred_and_clamped():
 
 def test_cocoqa_parses_questions_answers_and_images(tmp_path):
     cfg = cfg_for("coco-qa", make_cocoqa(tmp_path))
-    info = dataset_info(cfg)
+    info = dataset_info(cfg.data)
     assert info.class_names == ("cat", "kite", "red", "two")
     assert info.modalities == ("image", "text") and info.image_size == SIZE
-    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     assert len(train) == 3 and len(test) == 2
     assert train.labels.tolist() == [0, 3, 2] and test.labels.tolist() == [1, 0]
     batch = train.batch([0, 1, 2])
@@ -287,21 +287,21 @@ def test_cocoqa_parses_questions_answers_and_images(tmp_path):
 
 def test_image_norm_key_switches_statistics(tmp_path):
     root = make_cocoqa(tmp_path)
-    info = dataset_info(cfg_for("coco-qa", root, image_norm="imagenet"))
+    info = dataset_info(cfg_for("coco-qa", root, image_norm="imagenet").data)
     assert info.image_mean == pytest.approx((0.485, 0.456, 0.406))
-    assert dataset_info(RunConfig()).image_mean == (0.5, 0.5, 0.5)  # built-in data
+    assert dataset_info(RunConfig().data).image_mean == (0.5, 0.5, 0.5)  # built-in data
 
 
 def test_t4sa_joins_tweet_text_and_cleans_urls(tmp_path):
     cfg = cfg_for("b-t4sa", make_t4sa(tmp_path))
-    info = dataset_info(cfg)
+    info = dataset_info(cfg.data)
     assert info.class_names == ("negative", "neutral", "positive")
-    train = load_split(cfg, "train")
+    train = load_split(cfg.data, "train")
     assert train.labels.tolist() == [2, 2, 1]
     assert train.table.texts == ("Happy day, love it!", "Happy day, love it!", "two lines")
     batch = train.batch([0, 2])
     assert batch["image"].shape == (2, 3, SIZE, SIZE) and batch["text"].shape == (2, 16)
-    assert load_split(cfg, "test").labels.tolist() == [0]
+    assert load_split(cfg.data, "test").labels.tolist() == [0]
 
 
 # ---------------------------------------------------------------- retrieval
@@ -311,9 +311,9 @@ def test_t4sa_joins_tweet_text_and_cleans_urls(tmp_path):
 def test_karpathy_splits_have_five_captions_per_image(tmp_path, flickr):
     name = "flickr30k" if flickr else "mscoco"
     cfg = cfg_for(name, make_karpathy(tmp_path, flickr=flickr))
-    info = dataset_info(cfg)
+    info = dataset_info(cfg.data)
     assert info.kind == "retrieval" and info.num_classes == 0
-    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     assert len(train) == 10 and len(test) == 10  # train+restval, test; 'val' left out
     assert train.labels.tolist() == [0] * 5 + [1] * 5
     batch = test.batch(np.arange(10))
@@ -328,8 +328,8 @@ def test_retrieval_partitions_keep_images_whole(tmp_path, scheme):
     cfg = cfg_for(
         "mscoco", root, retrieval_partition=scheme, retrieval_clusters=3, min_partition_size=1
     )
-    train = load_split(cfg, "train")
-    parts = [client_partition(cfg, c, 3) for c in range(3)]
+    train = load_split(cfg.data, "train")
+    parts = [client_partition(cfg.data, c, 3, seed=cfg.seed) for c in range(3)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(train)))
     owners = [set(train.labels[p].tolist()) for p in parts]
     assert not (owners[0] & owners[1]) and not (owners[1] & owners[2])
@@ -345,10 +345,10 @@ def test_retrieval_partitions_keep_images_whole(tmp_path, scheme):
 
 def test_ucf101_keeps_only_classes_with_audio(tmp_path):
     cfg = cfg_for("ucf101", make_ucf101(tmp_path))
-    info = dataset_info(cfg)
+    info = dataset_info(cfg.data)
     assert info.class_names == ("Archery", "BandMarching")
     assert info.modalities == ("image", "audio") and info.audio_frames == FRAMES
-    train, test = load_split(cfg, "train"), load_split(cfg, "test")
+    train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     assert train.labels.tolist() == [0, 0, 1, 1] and test.labels.tolist() == [0, 1]
     batch = test.batch([0, 1])
     assert batch["image"].shape == (2, 3, SIZE, SIZE)
@@ -358,7 +358,7 @@ def test_ucf101_keeps_only_classes_with_audio(tmp_path):
     mean, std = normalization("clip", "clip")
     grey = batch["image"][0, 0].mean().item() * std[0] + mean[0]
     assert grey * 255 == pytest.approx(120, abs=8)
-    fresh = loaders.load(cfg, "test").batch([0, 1])
+    fresh = loaders.load(cfg.data, "test").batch([0, 1])
     assert torch.equal(fresh["image"], batch["image"])
     assert torch.equal(fresh["audio"], batch["audio"])
 
@@ -367,8 +367,8 @@ def test_ucf101_class_list_override_and_silent_video(tmp_path):
     root = make_ucf101(tmp_path)
     write_lines(root / "classes.txt", ["HandstandPushups", "Archery"])
     cfg = cfg_for("ucf101", root)
-    assert dataset_info(cfg).class_names == ("HandstandPushups", "Archery")
-    test = load_split(cfg, "test")
+    assert dataset_info(cfg.data).class_names == ("HandstandPushups", "Archery")
+    test = load_split(cfg.data, "test")
     assert test.labels.tolist() == [1, 0]
     silent = test.batch([1])["audio"][0]  # no audio stream: silence, a constant fbank
     assert silent.shape == (FRAMES, 128) and float(silent.std()) < 1e-4
@@ -376,10 +376,10 @@ def test_ucf101_class_list_override_and_silent_video(tmp_path):
 
 def test_kinetics_sounds_finds_clips_and_uses_sidecar_wav(tmp_path, caplog):
     cfg = cfg_for("kinetics-sounds", make_kinetics(tmp_path))
-    info = dataset_info(cfg)
+    info = dataset_info(cfg.data)
     assert info.class_names == KINETICS_SOUNDS and len(KINETICS_SOUNDS) == 31
     assert "1 of 4 train clips" in caplog.text  # 'gone' is listed but absent
-    train = load_split(cfg, "train")
+    train = load_split(cfg.data, "train")
     drums, singing = KINETICS_SOUNDS.index("playing drums"), KINETICS_SOUNDS.index("singing")
     assert train.labels.tolist() == [drums, drums, singing]
     assert train.table.audio_files[1].suffix == ".wav" and train.table.audio_files[0] is None
@@ -387,15 +387,15 @@ def test_kinetics_sounds_finds_clips_and_uses_sidecar_wav(tmp_path, caplog):
     expected = fbank(centred_window(wave, rate, 1.0, FRAMES), FRAMES, rate)
     got = train.batch([1])["audio"][0]
     assert torch.allclose(got, expected, atol=2e-2)  # float16 cache
-    assert load_split(cfg, "test").labels.tolist() == [singing]
+    assert load_split(cfg.data, "test").labels.tolist() == [singing]
 
 
 def test_meld_reads_utterance_audio_and_text(tmp_path, caplog):
     cfg = cfg_for("meld", make_meld(tmp_path))
-    info = dataset_info(cfg)
+    info = dataset_info(cfg.data)
     assert info.modalities == ("audio", "text") and info.num_classes == 7
     assert "1 of 3 train clips" in caplog.text  # dia1_utt0 absent
-    train = load_split(cfg, "train")
+    train = load_split(cfg.data, "train")
     assert [info.class_names[k] for k in train.labels] == ["joy", "neutral"]
     batch = train.batch([0, 1])
     assert set(batch) == {"audio", "text", "label"}
@@ -410,10 +410,10 @@ def test_meld_reads_utterance_audio_and_text(tmp_path, caplog):
 
 def test_unset_or_missing_data_dir_is_one_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="data-dir") as err:
-        dataset_info(RunConfig(dataset="coco-qa"))
+        dataset_info(RunConfig(dataset="coco-qa").data)
     assert "questions.txt" in str(err.value)  # the expected layout is shown
     with pytest.raises(DatasetNotFoundError, match="does not exist"):
-        dataset_info(cfg_for("meld", tmp_path / "nowhere"))
+        dataset_info(cfg_for("meld", tmp_path / "nowhere").data)
     assert issubclass(DatasetError, ValueError)
 
 
@@ -436,7 +436,7 @@ def test_missing_file_or_folder_names_the_path(tmp_path, name, maker, remove):
     target = root / remove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     with pytest.raises(DatasetNotFoundError) as err:
-        dataset_info(cfg_for(name, root))
+        dataset_info(cfg_for(name, root).data)
     assert str(target) in str(err.value) and "expects this layout" in str(err.value)
 
 
@@ -444,34 +444,34 @@ def test_malformed_index_files_are_reported(tmp_path):
     root = make_cocoqa(tmp_path / "qa")
     write_lines(root / "train" / "answers.txt", ["cat", "two"])
     with pytest.raises(DatasetFormatError, match="one line per question"):
-        dataset_info(cfg_for("coco-qa", root))
+        dataset_info(cfg_for("coco-qa", root).data)
 
     root = make_karpathy(tmp_path / "coco")
     (root / "dataset_coco.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(DatasetFormatError, match="not valid JSON"):
-        dataset_info(cfg_for("mscoco", root))
+        dataset_info(cfg_for("mscoco", root).data)
 
     root = make_meld(tmp_path / "meld")
     write_csv(root / "train_sent_emo.csv", ["Utterance", "Dialogue_ID"], [["hi", 0]])
     with pytest.raises(DatasetFormatError, match="Emotion"):
-        dataset_info(cfg_for("meld", root))
+        dataset_info(cfg_for("meld", root).data)
 
     root = make_t4sa(tmp_path / "t4sa")
     write_lines(root / "b-t4sa_test.txt", ["data/3/333-1.jpg positive"])
     with pytest.raises(DatasetFormatError, match=r"b-t4sa_test\.txt"):
-        dataset_info(cfg_for("b-t4sa", root))
+        dataset_info(cfg_for("b-t4sa", root).data)
 
 
 def test_bad_media_is_reported_by_file_name_at_decode_time(tmp_path):
     root = make_cocoqa(tmp_path)
     bad = root / "train2014" / "COCO_train2014_000000000025.jpg"
     bad.write_bytes(b"not a jpeg")
-    train = load_split(cfg_for("coco-qa", root), "train")
+    train = load_split(cfg_for("coco-qa", root).data, "train")
     with pytest.raises(DatasetFormatError, match="COCO_train2014_000000000025"):
         train.batch([2])
     bad.unlink()
     with pytest.raises(DatasetNotFoundError, match="COCO_train2014_000000000025"):
-        loaders.load(cfg_for("coco-qa", root), "train").batch([2])
+        loaders.load(cfg_for("coco-qa", root).data, "train").batch([2])
 
 
 # ---------------------------------------------------------------- partition plot, config
@@ -492,10 +492,10 @@ def test_partition_plot_writes_png_of_the_client_partitions(tmp_path):
     )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = RunConfig(dataset="synthetic-vqa", synthetic_train_size=400, dirichlet_alpha=0.3)
-    plotted = partitioner(cfg, 4)
+    plotted = partitioner(cfg.data, 4, seed=cfg.seed)
     for c in range(4):
         rows = np.asarray(plotted.load_partition(c)["idx"])
-        assert np.array_equal(rows, client_partition(cfg, c, 4))
+        assert np.array_equal(rows, client_partition(cfg.data, c, 4, seed=cfg.seed))
 
 
 def test_pyproject_config_matches_defaults():

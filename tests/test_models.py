@@ -17,6 +17,13 @@ from mpsl_flwr.models.split_model import (
     build_server,
     count_trainable,
 )
+from mpsl_flwr.registry import strategy_spec
+
+
+def spec_for(cfg, info):
+    """The spec ``Experiment.from_config`` builds for ``cfg`` and ``info``."""
+    options = strategy_spec(cfg.strategy).model(cfg)
+    return ModelSpec.from_config(cfg.model, info, options=options, seed=cfg.seed)
 
 
 def _batch(info, b=3):
@@ -41,33 +48,31 @@ def _batch(info, b=3):
 )
 def test_head_streams_and_token_counts(tiny, dataset, fusion, streams, tokens):
     cfg = tiny(dataset=dataset, fusion=fusion)
-    spec = ModelSpec.from_config(cfg, dataset_info(cfg))
+    spec = spec_for(cfg, dataset_info(cfg.data))
     head, server = build_head(spec), build_server(spec)
-    acts = head(_batch(dataset_info(cfg)))
+    acts = head(_batch(dataset_info(cfg.data)))
     assert tuple(acts) == streams == server.streams
     for name, n in tokens.items():
         assert acts[name].shape == (3, n, 192)
     logits = server(acts)
-    assert logits.shape == (3, dataset_info(cfg).num_classes)
+    assert logits.shape == (3, dataset_info(cfg.data).num_classes)
 
 
 def test_retrieval_outputs_normalised_pairs(tiny):
     cfg = tiny(dataset="synthetic-retrieval")
-    spec = ModelSpec.from_config(cfg, dataset_info(cfg))
+    spec = spec_for(cfg, dataset_info(cfg.data))
     assert not spec.early_fusion
-    out = build_model(spec)(_batch(dataset_info(cfg)))
+    out = build_model(spec)(_batch(dataset_info(cfg.data)))
     assert out.shape == (3, 2, 256)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(3, 2))
     with pytest.raises(ValueError, match="fusion=late"):
-        ModelSpec.from_config(
-            tiny(dataset="synthetic-retrieval", fusion="early"), dataset_info(cfg)
-        )
+        spec_for(tiny(dataset="synthetic-retrieval", fusion="early"), dataset_info(cfg.data))
 
 
 def test_wrong_input_shape_names_the_fix(tiny):
     cfg = tiny()
-    head = build_head(ModelSpec.from_config(cfg, dataset_info(cfg)))
-    batch = _batch(dataset_info(cfg))
+    head = build_head(spec_for(cfg, dataset_info(cfg.data)))
+    batch = _batch(dataset_info(cfg.data))
     batch["image"] = torch.randn(3, 3, 32, 32)
     with pytest.raises(
         ValueError, match=r"image batch must have shape \[B, 3, 64, 64\].*image-size"
@@ -80,7 +85,7 @@ def test_wrong_input_shape_names_the_fix(tiny):
 
 def test_split_built_apart_equals_built_together(tiny):
     cfg = tiny()
-    spec = ModelSpec.from_config(cfg, dataset_info(cfg))
+    spec = spec_for(cfg, dataset_info(cfg.data))
     whole = build_model(spec).state_dict()
     apart = {
         **{f"head.{k}": v for k, v in build_head(spec).state_dict().items()},
@@ -93,11 +98,11 @@ def test_split_built_apart_equals_built_together(tiny):
 
 def test_only_last_k_blocks_train(tiny):
     cfg = tiny(encoder_depth=4, finetune_blocks=1)
-    server = build_server(ModelSpec.from_config(cfg, dataset_info(cfg)))
+    server = build_server(spec_for(cfg, dataset_info(cfg.data)))
     trainable = [any(p.requires_grad for p in b.parameters()) for b in server.encoder.blocks]
     assert trainable == [False, False, False, True]
     frozen_all = build_server(
-        ModelSpec.from_config(tiny(encoder_depth=4, finetune_blocks=0), dataset_info(cfg))
+        spec_for(tiny(encoder_depth=4, finetune_blocks=0), dataset_info(cfg.data))
     )
     assert count_trainable(frozen_all.encoder) == 0
     assert count_trainable(frozen_all.tail) > 0
@@ -105,10 +110,10 @@ def test_only_last_k_blocks_train(tiny):
 
 def test_text_token_embedding_is_frozen_unless_asked(tiny):
     cfg = tiny()
-    head = build_head(ModelSpec.from_config(cfg, dataset_info(cfg)))
+    head = build_head(spec_for(cfg, dataset_info(cfg.data)))
     assert not head.tokenizers["text"].token_embedding.weight.requires_grad
     cfg = tiny(train_token_embedding=True)
-    head = build_head(ModelSpec.from_config(cfg, dataset_info(cfg)))
+    head = build_head(spec_for(cfg, dataset_info(cfg.data)))
     assert head.tokenizers["text"].token_embedding.weight.requires_grad
 
 

@@ -23,6 +23,7 @@ from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.models.split_model import trainable_state
 from mpsl_flwr.optim import make_optimizer
 from mpsl_flwr.split_server import SplitServer
+from mpsl_flwr.tasks import CLASSIFICATION
 from strategies.centralized import Centralized
 from strategies.mpsl import MPSL
 
@@ -62,26 +63,26 @@ def test_n_clients_frozen_heads_server_equals_centralized_on_concatenated_batch(
     # Centralized reference: the same frozen head, one optimiser, concatenated batches.
     exp = Experiment.from_config(cfg)
     head, server = exp.initial_model()
-    optimizer = make_optimizer(server.parameters(), cfg)
+    optimizer = make_optimizer(server.parameters(), cfg.optim)
     steps = mpsl.steps_per_epoch()
     from mpsl_flwr.optim import make_scheduler
 
     ref = SplitServer(
         server,
         optimizer,
-        make_scheduler(optimizer, cfg, steps),
-        "classification",
+        make_scheduler(optimizer, cfg.optim, steps),
+        CLASSIFICATION,
         torch.device("cpu"),
     )
-    train = load_split(cfg, "train")
+    train = load_split(cfg.data, "train")
     b = mpsl.client_batch_size()
-    sizes = {c: len(client_partition(cfg, c, 3)) for c in range(3)}
+    sizes = {c: len(client_partition(cfg.data, c, 3, seed=cfg.seed)) for c in range(3)}
     for step in range(steps):
         rows_by_client = {}
         for c in range(3):
             if step * b < sizes[c]:
                 pos = batch_indices(sizes[c], 0, client_seed(cfg.seed, c), step * b, b)
-                rows_by_client[c] = client_partition(cfg, c, 3)[pos]
+                rows_by_client[c] = client_partition(cfg.data, c, 3, seed=cfg.seed)[pos]
         batch = train.batch(np.concatenate([rows_by_client[c] for c in sorted(rows_by_client)]))
         with torch.no_grad():
             acts = head(batch)
@@ -112,8 +113,8 @@ def test_labels_never_leave_the_client(tiny, monkeypatch):
 
     monkeypatch.setattr("strategies.mpsl.strategy.Exchange", Recorder)
     run_mpsl(cfg, num_nodes=3)
-    train = load_split(cfg, "train")
-    label_sets = [train.labels[client_partition(cfg, c, 3)] for c in range(3)]
+    train = load_split(cfg.data, "train")
+    label_sets = [train.labels[client_partition(cfg.data, c, 3, seed=cfg.seed)] for c in range(3)]
     assert received, "no replies recorded"
     for reply in received:
         for name, record in reply.content.items():

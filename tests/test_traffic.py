@@ -9,7 +9,6 @@ metrics, record framing) must stay under 2%.
 from __future__ import annotations
 
 import pytest
-from flwr.serverapp.strategy import FedAvg
 
 from clients.client_app import app as client_app
 from mpsl_flwr.experiment import Experiment
@@ -62,7 +61,7 @@ def test_float16_activations_halve_the_cut_layer_traffic(tiny):
 def test_fedavg_traffic_is_the_trainable_arrays_once_each_way(tiny):
     cfg = tiny(strategy="fedavg", encoder_depth=2, finetune_blocks=1)
     exp = Experiment.from_config(cfg)
-    runner = FederatedAveraging(exp, FedAvg)
+    runner = FederatedAveraging(exp)
     rows = []
     runner.start(LocalGrid(client_app, NODES, cfg.to_mapping()), None, rows.append)
     head, server = exp.initial_model()

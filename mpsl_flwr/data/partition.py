@@ -169,3 +169,8 @@ def batch_indices(num_samples: int, epoch: int, seed: int, offset: int, size: in
 def client_seed(seed: int, client_id: int) -> int:
     """Seed of a logical client's shuffle; client 0 of 1 shuffles as centralized does."""
     return seed * 1_000_003 + client_id
+
+
+def client_batch_size(batch_size: int, num_clients: int) -> int:
+    """``b_n = ceil(B / N)``: each of N clients' share of the global batch B."""
+    return math.ceil(batch_size / max(1, num_clients))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mpsl_flwr.config import RunConfig, resolve_config
 from mpsl_flwr.data.registry import dataset_info, partition_scheme, partitioner
+from mpsl_flwr.tasks import task_of
 
 log = logging.getLogger("mpsl_flwr")
 LEGEND_MAX_CLASSES = 20
@@ -37,18 +38,19 @@ def plot_partitions(
     import matplotlib.pyplot as plt
     from flwr_datasets.visualization import plot_label_distributions
 
-    info = dataset_info(cfg)
-    scheme = partition_scheme(cfg, info)
+    info = dataset_info(cfg.data)
+    pairs = task_of(info).labels_are_pair_ids
+    scheme = partition_scheme(cfg.data, info)
     how = f"Dirichlet alpha={cfg.dirichlet_alpha:g}" if scheme == "dirichlet" else "IID"
-    what = "classes" if info.kind == "classification" else "images per pseudo-label"
+    what = "images per pseudo-label" if pairs else "classes"
     many = info.num_classes > LEGEND_MAX_CLASSES
     fig, _, _ = plot_label_distributions(
-        partitioner(cfg, num_partitions),
+        partitioner(cfg.data, num_partitions, seed=cfg.seed),
         label_name="label",
         plot_type=plot_type,
         size_unit=size_unit,
         legend=plot_type == "heatmap" or not many,
-        verbose_labels=info.kind == "classification",
+        verbose_labels=not pairs,
         title=f"{cfg.dataset}: {num_partitions} partitions, {how} ({what})",
         figsize=(max(6.0, 0.35 * num_partitions + 3), 5.0),
     )

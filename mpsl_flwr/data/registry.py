@@ -2,7 +2,8 @@
 
 A ClientApp is rebuilt for every message, but its Python process lives on (a Ray actor
 in simulation), so the generated data, or a real dataset's parsed index and decoded
-media cache, is kept here once per process.
+media cache, is kept here once per process. Everything here takes the data part of the
+run config (``RunConfig.data``); partitioning also takes the run's ``seed``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from flwr_datasets.partitioner import Partitioner
 
-from mpsl_flwr.config import RunConfig
+from mpsl_flwr.config import DataConfig, RunConfig
 from mpsl_flwr.data import loaders, synthetic
 from mpsl_flwr.data.base import DatasetInfo, MultimodalDataset
 from mpsl_flwr.data.partition import (
@@ -22,6 +23,7 @@ from mpsl_flwr.data.partition import (
     group_partitions,
     unit_labels,
 )
+from mpsl_flwr.tasks import task_of
 
 BUILTIN = synthetic.TASKS
 REAL = loaders.NAMES
@@ -32,57 +34,59 @@ def dataset_names() -> tuple[str, ...]:
     return BUILTIN + REAL
 
 
-def dataset_info(cfg: RunConfig) -> DatasetInfo:
+def dataset_info(data: DataConfig) -> DatasetInfo:
     """Task kind, modalities and input sizes (real data: parses the index, no media)."""
-    _check_name(cfg.dataset)
-    if cfg.dataset in REAL:
-        return loaders.info(cfg)
+    _check_name(data.dataset)
+    if data.dataset in REAL:
+        return loaders.info(data)
     return synthetic.info_for(
-        cfg.dataset, cfg.image_size, cfg.audio_frames, cfg.text_length, cfg.image_norm
+        data.dataset, data.image_size, data.audio_frames, data.text_length, data.image_norm
     )
 
 
-def load_split(cfg: RunConfig, split: str) -> MultimodalDataset:
-    """The ``"train"`` or ``"test"`` split named by ``cfg`` (cached per process)."""
-    _check_name(cfg.dataset)
+def load_split(data: DataConfig, split: str) -> MultimodalDataset:
+    """The ``"train"`` or ``"test"`` split named by ``data`` (cached per process)."""
+    _check_name(data.dataset)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
-    if cfg.dataset in REAL:
-        return _load_real(_data_fields(cfg), split)
-    size = cfg.synthetic_train_size if split == "train" else cfg.synthetic_test_size
+    if data.dataset in REAL:
+        return _load_real(_content_fields(data), split)
+    size = data.synthetic_train_size if split == "train" else data.synthetic_test_size
     return _generate(
         synthetic.SyntheticSpec(
-            task=cfg.dataset,
+            task=data.dataset,
             size=size,
-            seed=cfg.data_seed,
+            seed=data.data_seed,
             split=split,
-            difficulty=cfg.synthetic_difficulty,
-            image_size=cfg.image_size or synthetic.DEFAULT_IMAGE_SIZE,
-            audio_frames=cfg.audio_frames,
-            text_length=cfg.text_length,
-            image_norm=cfg.image_norm,
+            difficulty=data.synthetic_difficulty,
+            image_size=data.image_size or synthetic.DEFAULT_IMAGE_SIZE,
+            audio_frames=data.audio_frames,
+            text_length=data.text_length,
+            image_norm=data.image_norm,
         )
     )
 
 
-def partition_scheme(cfg: RunConfig, info: DatasetInfo) -> Scheme:
+def partition_scheme(data: DataConfig, info: DatasetInfo) -> Scheme:
     """Dirichlet over labels for classification; ``retrieval-partition`` for retrieval."""
-    if info.kind == "retrieval" and cfg.retrieval_partition == "iid":
+    if task_of(info).labels_are_pair_ids and data.retrieval_partition == "iid":
         return "iid"
     return "dirichlet"
 
 
-def client_partition(cfg: RunConfig, client_id: int, num_clients: int) -> np.ndarray:
-    """Training-set indices of logical client ``client_id``.
+def client_partition(
+    data: DataConfig, client_id: int, num_clients: int, *, seed: int
+) -> np.ndarray:
+    """Training-set indices of logical client ``client_id`` (the run's ``seed``).
 
     Classification: Dirichlet over labels. Retrieval: whole images (with all their
     captions) split IID or Dirichlet over the dataset's pseudo-label.
     """
     if not 0 <= client_id < num_clients:
         raise ValueError(f"client id {client_id} outside [0, {num_clients}).")
-    train = load_split(cfg, "train")
-    if train.info.kind == "retrieval":
-        scheme = partition_scheme(cfg, train.info)
+    train = load_split(data, "train")
+    if task_of(train.info).labels_are_pair_ids:
+        scheme = partition_scheme(data, train.info)
         # IID ignores the pseudo-label; don't compute it (k-means over all captions).
         proxy = train.partition_labels if scheme == "dirichlet" else np.zeros(len(train))
         parts = group_partitions(
@@ -90,46 +94,46 @@ def client_partition(cfg: RunConfig, client_id: int, num_clients: int) -> np.nda
             proxy,
             num_clients,
             scheme,
-            cfg.dirichlet_alpha,
-            cfg.seed,
-            cfg.min_partition_size,
+            data.dirichlet_alpha,
+            seed,
+            data.min_partition_size,
         )
     else:
         parts = dirichlet_partitions(
             train.partition_labels,
             num_clients,
-            cfg.dirichlet_alpha,
-            cfg.seed,
-            cfg.min_partition_size,
+            data.dirichlet_alpha,
+            seed,
+            data.min_partition_size,
         )
     return parts[client_id]
 
 
-def partitioner(cfg: RunConfig, num_clients: int) -> Partitioner:
+def partitioner(data: DataConfig, num_clients: int, *, seed: int) -> Partitioner:
     """The flwr-datasets partitioner behind :func:`client_partition`, with its dataset.
 
     Its rows are samples (classification) or images (retrieval); column ``label`` holds
     the class or the pseudo-label, named where the dataset has class names.
     """
-    train = load_split(cfg, "train")
+    train = load_split(data, "train")
     labels = train.partition_labels
     names = train.info.class_names or None
-    if train.info.kind == "retrieval":
+    if task_of(train.info).labels_are_pair_ids:
         labels = unit_labels(train.labels, labels)
         names = None
     return build_partitioner(
         labels,
         num_clients,
-        partition_scheme(cfg, train.info),
-        cfg.dirichlet_alpha,
-        cfg.seed,
-        cfg.min_partition_size,
+        partition_scheme(data, train.info),
+        data.dirichlet_alpha,
+        seed,
+        data.min_partition_size,
         label_names=names,
     )
 
 
-def _data_fields(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with only the keys that change a real split's content kept (cache key)."""
+def _content_fields(data: DataConfig) -> DataConfig:
+    """``data`` with only the keys that change a real split's content kept (cache key)."""
     keep = (
         "dataset",
         "data_dir",
@@ -140,12 +144,12 @@ def _data_fields(cfg: RunConfig) -> RunConfig:
         "image_norm",
         "retrieval_clusters",
     )
-    return RunConfig().replace(**{k: getattr(cfg, k) for k in keep})
+    return RunConfig().replace(**{k: getattr(data, k) for k in keep}).data
 
 
 @lru_cache(maxsize=4)
-def _load_real(cfg: RunConfig, split: str) -> MultimodalDataset:
-    return loaders.load(cfg, split)
+def _load_real(data: DataConfig, split: str) -> MultimodalDataset:
+    return loaders.load(data, split)
 
 
 @lru_cache(maxsize=4)

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mpsl_flwr.config import RunConfig
+from mpsl_flwr.config import ModelConfig
 from mpsl_flwr.data.base import DatasetInfo
 from mpsl_flwr.data.text import VOCAB_SIZE
 from mpsl_flwr.models.adapter import AttentionAdapter
 from mpsl_flwr.models.head import AudioTokenizer, ClientHead, ImageTokenizer, TextTokenizer
-from mpsl_flwr.models.server import ClassificationTail, Encoder, RetrievalTail, ServerModel
+from mpsl_flwr.models.server import Encoder, ServerModel
 from mpsl_flwr.models.sizes import ENCODER_SIZES
-
-RETRIEVAL_EMBED_DIM = 256
+from mpsl_flwr.registry import ModelOptions
+from mpsl_flwr.tasks import Task, task_of
 
 
 @dataclass(frozen=True)
@@ -45,34 +45,41 @@ class ModelSpec:
     train_head: bool = True
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, info: DatasetInfo) -> ModelSpec:
-        size = ENCODER_SIZES[cfg.model_size]
-        fusion = cfg.fusion
-        if fusion == "auto":
-            fusion = "late" if info.kind == "retrieval" else "early"
-        if fusion == "early" and info.kind == "retrieval":
-            raise ValueError(
-                "Retrieval embeds image and text separately: use fusion=late (or auto)."
-            )
-        fedclip = cfg.strategy == "fedclip"
+    def from_config(
+        cls, model: ModelConfig, info: DatasetInfo, *, options: ModelOptions, seed: int
+    ) -> ModelSpec:
+        """The spec of ``model`` for ``info``'s dataset; ``seed`` fixes the initial
+        weights, ``options`` what the strategy changes (frozen blocks, adapters)."""
+        task = task_of(info)
+        size = ENCODER_SIZES[model.model_size]
+        fusion = task.fusion(model.fusion)
         return cls(
             modalities=info.modalities,
             kind=info.kind,
             num_classes=info.num_classes,
             width=size.width,
-            depth=cfg.depth,
+            depth=model.depth,
             heads=size.heads,
-            trainable_blocks=0 if fedclip else cfg.trainable_blocks,
+            trainable_blocks=(
+                model.trainable_blocks
+                if options.trainable_blocks is None
+                else options.trainable_blocks
+            ),
             early_fusion=fusion == "early",
             image_size=info.image_size,
             audio_frames=info.audio_frames,
             text_length=info.text_length,
-            train_token_embedding=cfg.train_token_embedding,
-            temperature=cfg.temperature,
-            seed=cfg.seed,
-            adapter=cfg.fedclip_adapter if fedclip else "none",
-            train_head=cfg.fedclip_train_tokenizers if fedclip else True,
+            train_token_embedding=model.train_token_embedding,
+            temperature=model.temperature,
+            seed=seed,
+            adapter=options.adapter,
+            train_head=options.train_head,
         )
+
+    @property
+    def task(self) -> Task:
+        """The task the tail is built for."""
+        return task_of(self.kind)
 
 
 def build_head(spec: ModelSpec) -> ClientHead:
@@ -99,11 +106,7 @@ def build_server(spec: ModelSpec) -> ServerModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed + 1)
         encoder = Encoder(spec.width, spec.depth, spec.heads)
-        if spec.kind == "retrieval":
-            pair = ("image", "text")
-            tail: nn.Module = RetrievalTail(spec.width, RETRIEVAL_EMBED_DIM, pair, spec.temperature)
-        else:
-            tail = ClassificationTail(spec.width, spec.num_classes)
+        tail = spec.task.make_tail(spec.width, spec.num_classes, spec.temperature)
         streams = ("fused",) if spec.early_fusion else spec.modalities
         adapters = None
         if spec.adapter != "none":

@@ -20,8 +20,9 @@ from torch import Tensor
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.protocol import mpsl as P
 from mpsl_flwr.protocol.transport import Exchange, make_messages, reply_error
+from mpsl_flwr.records import EpochStats
 from strategies.discovery import message_ttl
-from strategies.mpsl.plan import Activations, EpochStats
+from strategies.mpsl.plan import Activations
 from strategies.mpsl.roster import Roster
 
 log = logging.getLogger("mpsl_flwr")

@@ -19,18 +19,6 @@ Activations = dict[str, Tensor]
 
 
 @dataclass
-class EpochStats:
-    """What one epoch measured."""
-
-    loss_sum: float = 0.0
-    samples: int = 0
-    correct: int = 0
-    steps: int = 0
-    clients_per_step: list[int] = field(default_factory=list)
-    dropped: int = 0
-
-
-@dataclass
 class StepPlan:
     """Batch offsets, prefetched activations and samples seen, per client, for one epoch."""
 

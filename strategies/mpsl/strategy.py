@@ -25,16 +25,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from mpsl_flwr.checkpoint import Checkpointing
+from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
 from mpsl_flwr.progress import progress
-from mpsl_flwr.protocol.transport import Exchange, MeteredGrid
+from mpsl_flwr.protocol.transport import Exchange, MeteredGrid, TrafficMeter
+from mpsl_flwr.records import EpochRecord, EpochStats
 from mpsl_flwr.split_server import SplitServer
 from mpsl_flwr.state import model_arrays
-from strategies.discovery import client_batch_size, discover_clients, message_ttl
+from strategies.base import require_grid
+from strategies.discovery import ClientInfo, discover_clients, message_ttl
 from strategies.mpsl import resume
 from strategies.mpsl.legs import Legs
-from strategies.mpsl.plan import EpochStats, StepPlan
+from strategies.mpsl.plan import StepPlan
 from strategies.mpsl.roster import Roster
 from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
 
@@ -60,12 +63,17 @@ class MPSL:
         self.head, self.server_model = exp.initial_model()
         self.device = resolve_device(self.cfg.server_device)
         self.roster = Roster({}, self.head)
+        self.meter = TrafficMeter()
         self._restore: dict[int, dict[str, object]] = {}  # cid -> state to hand back
 
     @property
-    def clients(self):
+    def clients(self) -> dict[int, ClientInfo]:
         """The logical clients of the run, by id (after discovery)."""
         return self.roster.clients
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
 
     def client_batch_size(self) -> int:
         """``b_n = ceil(B / N)`` over the N clients that hold data."""
@@ -90,19 +98,17 @@ class MPSL:
         With ``checkpointing``, a checkpoint is written after every ``checkpoint-every``-th
         epoch, and ``resume=true`` continues after the last one.
         """
-        if grid is None:
-            raise ValueError("strategy=mpsl needs a Flower grid: run it with `flwr run`.")
-        self.grid = MeteredGrid(grid)
+        self.grid = MeteredGrid(require_grid(grid, self.cfg.strategy))
         self.meter = self.grid.meter
         self.exchange = Exchange(self.grid)
         self.roster = Roster(discover_clients(self.grid, self.exchange, self.cfg), self.head)
         steps = self.steps_per_epoch()
         if steps == 0:
             raise RuntimeError("No client holds any training data.")
-        optimizer = make_optimizer(self.server_model.parameters(), self.cfg)
-        scheduler = make_scheduler(optimizer, self.cfg, steps * self.cfg.epochs)
+        optimizer = make_optimizer(self.server_model.parameters(), self.cfg.optim)
+        scheduler = make_scheduler(optimizer, self.cfg.optim, steps * self.cfg.epochs)
         self.server = SplitServer(
-            self.server_model, optimizer, scheduler, self.exp.spec.kind, self.device
+            self.server_model, optimizer, scheduler, self.exp.task, self.device
         )
         self.legs = Legs(
             self.cfg, self.exchange, self.roster, self.head.stream_lengths(), self.exp.spec.width
@@ -126,14 +132,14 @@ class MPSL:
         )
         result = Result()
         for epoch in range(first_epoch, self.cfg.epochs):
-            row = self.run_epoch(epoch, steps)
-            report_epoch(result, row, self.head, self.server_model, evaluate_fn, on_epoch_end)
+            record = self.run_epoch(epoch, steps)
+            report_epoch(result, record, self.head, self.server_model, evaluate_fn, on_epoch_end)
             if checkpointing is not None:
                 checkpointing.save_if_due(epoch + 1, lambda e=epoch: self._checkpoint(e))
         result.arrays = model_arrays(self.head, self.server_model)
         return result
 
-    def run_epoch(self, epoch: int, steps: int) -> dict[str, Any]:
+    def run_epoch(self, epoch: int, steps: int) -> EpochRecord:
         """Train one epoch, average the heads, and return the epoch's history row."""
         t0 = time.time()
         traffic0 = self.meter.totals()
@@ -144,20 +150,20 @@ class MPSL:
             log.warning("No client head reached the server after epoch %d.", epoch + 1)
         if self.cfg.head_sync == "push":
             self.roster.push_head()
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train-loss": stats.loss_sum / max(1, stats.samples),
-            "steps": stats.steps,
-            "mean-clients-per-step": sum(stats.clients_per_step)
-            / max(1, len(stats.clients_per_step)),
-            "dropped-client-steps": stats.dropped,
-            "samples-trained": sum(trained.values()),
-        }
-        if self.exp.spec.kind == "classification":
-            row["train-accuracy"] = stats.correct / max(1, stats.samples)
-        row.update(self.meter.mb_per_client(traffic0, len(self.clients)))
-        row["epoch-time-s"] = round(time.time() - t0, 3)
-        return row
+        mb = self.meter.mb_per_client(traffic0, len(self.clients))
+        return EpochRecord.of_training(
+            epoch + 1,
+            self.exp.task,
+            stats.loss,
+            stats.accuracy,
+            steps=stats.steps,
+            mean_clients_per_step=stats.mean_clients_per_step,
+            dropped_client_steps=stats.dropped,
+            samples_trained=sum(trained.values()),
+            mb_down_per_client=mb["mb-down-per-client"],
+            mb_up_per_client=mb["mb-up-per-client"],
+            epoch_time_s=round(time.time() - t0, 3),
+        )
 
     def train_epoch(self, epoch: int, steps: int) -> tuple[EpochStats, StepPlan]:
         """One pass over every partition: ``steps`` MPSL steps, plus up to as many again
@@ -202,7 +208,7 @@ class MPSL:
         lr = self.server.lr
         # 3-4. Loss leg (dL_n/dz_n from each client's labels), one backward over the
         # |B_n|/|B|-weighted loss; retrieval computes its loss here (no labels).
-        if self.exp.spec.kind == "classification":
+        if self.exp.task.labels_on_client:
             grads = self.legs.loss({c: batches[c] for c in acts}, outputs, plan.group, stats)
             cut, _ = self.server.backward_from_client_grads(grads)
         else:

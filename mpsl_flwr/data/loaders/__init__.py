@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache, partial
 from pathlib import Path
 
-from mpsl_flwr.config import RunConfig
+from mpsl_flwr.config import DataConfig
 from mpsl_flwr.data.base import DatasetInfo
 from mpsl_flwr.data.errors import DatasetNotFoundError, layout_hint
 from mpsl_flwr.data.images import normalization
@@ -34,7 +34,7 @@ NAMES = tuple(SPECS)
 DEFAULT_IMAGE_NORM = "clip"
 
 
-def data_root(cfg: RunConfig) -> Path:
+def data_root(cfg: DataConfig) -> Path:
     """The absolute ``data-dir`` of a real dataset; a clear error when unset or absent."""
     spec = SPECS[cfg.dataset]
     if not cfg.data_dir:
@@ -56,7 +56,7 @@ def open_dataset(name: str, root: Path) -> Parsed:
     return SPECS[name].parse(root)
 
 
-def info(cfg: RunConfig) -> DatasetInfo:
+def info(cfg: DataConfig) -> DatasetInfo:
     """:class:`DatasetInfo` of a real dataset: sizes from ``cfg`` or the dataset's defaults."""
     spec = SPECS[cfg.dataset]
     parsed = open_dataset(spec.name, data_root(cfg))
@@ -76,7 +76,7 @@ def info(cfg: RunConfig) -> DatasetInfo:
     )
 
 
-def load(cfg: RunConfig, split: str) -> FileDataset:
+def load(cfg: DataConfig, split: str) -> FileDataset:
     """The lazily decoded ``"train"`` or ``"test"`` split of a real dataset."""
     spec = SPECS[cfg.dataset]
     parsed = open_dataset(spec.name, data_root(cfg))
