@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from layering import check_tree, report
+from layering import LEAVES, check_tree, report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,4 +152,5 @@ def test_repository_layering() -> None:
     """The real packages obey the rules. Fails, listing every violation, until they do."""
     violations = check_tree(REPO)
     if violations:
-        pytest.fail(report(violations, REPO), pytrace=False)
+        leaves = ", ".join(LEAVES)
+        pytest.fail(f"leaves: {leaves}\n{report(violations, REPO)}", pytrace=False)
