@@ -1,5 +1,5 @@
 # make run   create .venv, install, run the default MPSL simulation (NODES, RUN_CONFIG)
-# make test  same set-up, then the test suite, ruff check and ruff format --check
+# make test  same set-up, then the test suite, ruff check, ruff format --check and mypy
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,6 +27,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy mpsl_flwr strategies clients
 
 clean:
-	rm -rf $(VENV) .flwr-home .pytest_cache .ruff_cache
+	rm -rf $(VENV) .flwr-home .pytest_cache .ruff_cache .mypy_cache

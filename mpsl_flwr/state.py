@@ -8,7 +8,7 @@ helpers: tensors as an :class:`ArrayRecord`, the rest as JSON in a :class:`Confi
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +16,16 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from torch import Tensor, nn
 
 from mpsl_flwr.models.split_model import load_trainable_state, trainable_state
+
+R = TypeVar("R", ArrayRecord, ConfigRecord)
+
+
+def _record(state: RecordDict, key: str, kind: type[R]) -> R:
+    """``state[key]``, which must be a ``kind`` record (a RecordDict holds three kinds)."""
+    record = state[key]
+    if not isinstance(record, kind):
+        raise TypeError(f"state[{key!r}] is a {type(record).__name__}, not a {kind.__name__}.")
+    return record
 
 
 def to_array_record(tensors: dict[str, Tensor], dtype: torch.dtype | None = None) -> ArrayRecord:
@@ -77,7 +87,7 @@ def load_module(state: RecordDict, key: str, module: nn.Module) -> bool:
     """Restore trainable parameters saved by :func:`save_module`; False if none saved."""
     if key not in state:
         return False
-    load_trainable_state(module, from_array_record(state[key]))
+    load_trainable_state(module, from_array_record(_record(state, key, ArrayRecord)))
     return True
 
 
@@ -102,9 +112,9 @@ def load_optimizer(state: RecordDict, key: str, optimizer: torch.optim.Optimizer
     """Restore what :func:`save_optimizer` stored; False if nothing was saved."""
     if key not in state:
         return False
-    cfg = state[key + ".cfg"]
+    cfg = _record(state, key + ".cfg", ConfigRecord)
     per_param: dict[int, dict[str, Any]] = {}
-    for name, tensor in from_array_record(state[key]).items():
+    for name, tensor in from_array_record(_record(state, key, ArrayRecord)).items():
         idx, field = name.split(".", 1)
         per_param.setdefault(int(idx), {})[field] = tensor
     for idx, values in json.loads(str(cfg["scalars"])).items():

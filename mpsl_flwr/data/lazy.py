@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import av
 import numpy as np
@@ -59,6 +59,14 @@ class SampleTable:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+class DecodedMedia(TypedDict, total=False):
+    """One decoded media file: the fitted uint8 ``[H, W, 3]`` image and/or the float16
+    ``[frames, 128]`` fbank of its audio, whichever modalities the dataset uses."""
+
+    image: np.ndarray
+    audio: Tensor
 
 
 class FileDataset(MultimodalDataset):
@@ -110,7 +118,7 @@ class FileDataset(MultimodalDataset):
         out["label"] = torch.from_numpy(self._labels[idx])
         return out
 
-    def _decode_media(self, m: int) -> dict[str, np.ndarray | Tensor]:
+    def _decode_media(self, m: int) -> DecodedMedia:
         path = self.table.media[m]
         try:
             return self._decode_file(m, path)
@@ -127,14 +135,14 @@ class FileDataset(MultimodalDataset):
                 "remove it from the dataset's index files."
             ) from err
 
-    def _decode_file(self, m: int, path: Path) -> dict[str, np.ndarray | Tensor]:
+    def _decode_file(self, m: int, path: Path) -> DecodedMedia:
         want_image = "image" in self.info.modalities
         want_audio = "audio" in self.info.modalities
         if self.table.media_kind == "image":
             return {"image": load_image(path, self.info.image_size)}
         audio_file = self.table.audio_files[m] if self.table.audio_files else None
         clip = read_clip(path, frame=want_image, audio=want_audio and audio_file is None)
-        out: dict[str, np.ndarray | Tensor] = {}
+        out: DecodedMedia = {}
         if want_image:
             assert clip.frame is not None
             out["image"] = fit_image(clip.frame, self.info.image_size)

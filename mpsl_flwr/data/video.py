@@ -54,11 +54,19 @@ def read_clip(path: str | Path, frame: bool = True, audio: bool = True) -> Clip:
         return Clip(image, time, wave, rate, duration)
 
 
-def _stream_span(container: av.container.InputContainer, stream: av.stream.Stream):
-    """Start time and duration (seconds) of ``stream``, from its header when possible."""
+def _stream_span(
+    container: av.container.InputContainer, stream: av.stream.Stream
+) -> tuple[float, float | None]:
+    """Start time and duration (seconds) of ``stream``, from its header when possible.
+
+    A stream without a time base cannot convert its own timestamps: then its start is
+    taken as 0 and the duration comes from the container (or None: unknown).
+    """
     base = stream.time_base
-    start = float(stream.start_time * base) if stream.start_time is not None else 0.0
-    if stream.duration:
+    start = 0.0
+    if base is not None and stream.start_time is not None:
+        start = float(stream.start_time * base)
+    if base is not None and stream.duration:
         return start, float(stream.duration * base)
     if container.duration:
         return start, container.duration / av.time_base
@@ -100,7 +108,7 @@ def _first_frame_at(container, stream, target: float):
 
 def _audio_track(container, stream) -> tuple[np.ndarray, int]:
     resampler = av.AudioResampler(format="fltp")  # planar float, same layout and rate
-    chunks = []
+    chunks: list[np.ndarray] = []
     for frame in container.decode(stream):
         chunks.extend(g.to_ndarray() for g in resampler.resample(frame))
     chunks.extend(g.to_ndarray() for g in resampler.resample(None))

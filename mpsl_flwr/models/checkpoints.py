@@ -22,7 +22,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
-from mpsl_flwr.models.head import ClientHead
+from mpsl_flwr.models.head import ClientHead, ImageTokenizer
 from mpsl_flwr.models.server import ServerModel
 
 _BLOCK = re.compile(r"^(?P<prefix>.*?)(?P<idx>\d+)\.(?P<rest>(norm1|attn|ls1|mlp|norm2|ls2)\..*)$")
@@ -113,9 +113,13 @@ def load_pretrained(path: str | Path, fmt: str, head: ClientHead, server: Server
 
 def _load_image_tokenizer(head: ClientHead, sd: dict[str, Tensor]) -> list[str]:
     tok = head.tokenizers["image"]
+    if not isinstance(tok, ImageTokenizer):
+        raise TypeError(f"a timm image tokenizer loads into an ImageTokenizer, not {type(tok)}.")
     with torch.no_grad():
-        tok.patch_embed.proj.weight.copy_(sd["patch_embed.proj.weight"])
-        tok.patch_embed.proj.bias.copy_(sd["patch_embed.proj.bias"])
+        proj = tok.patch_embed.proj
+        assert proj.bias is not None  # ImageTokenizer builds its PatchEmbed with a bias
+        proj.weight.copy_(sd["patch_embed.proj.weight"])
+        proj.bias.copy_(sd["patch_embed.proj.bias"])
         loaded = ["patch_embed"]
         if "cls_token" in sd:
             tok.cls_token.copy_(sd["cls_token"])

@@ -140,7 +140,10 @@ class ClientHead(nn.Module):
 
     def stream_lengths(self) -> dict[str, int]:
         """Tokens per sample in each cut-layer stream."""
-        lengths = {m: self.tokenizers[m].pos_embed.shape[1] for m in self.modalities}
+        # Every tokenizer's learned position embedding [1, L, width] fixes its L.
+        lengths = {
+            m: self.tokenizers[m].get_parameter("pos_embed").shape[1] for m in self.modalities
+        }
         if self.early_fusion:
             return {FUSED: sum(lengths.values())}
         return lengths

@@ -79,9 +79,10 @@ class RetrievalTail(nn.Module):
     def __init__(self, width: int, embed_dim: int, pair: tuple[str, str], temperature: float):
         super().__init__()
         self.pair = pair
-        self.proj = nn.ModuleDict({m: nn.Linear(width, embed_dim, bias=False) for m in pair})
-        for proj in self.proj.values():
+        projections = {m: nn.Linear(width, embed_dim, bias=False) for m in pair}
+        for proj in projections.values():
             nn.init.trunc_normal_(proj.weight, std=width**-0.5)
+        self.proj = nn.ModuleDict(projections)
         # Shape [1], not a scalar: Flower's array aggregation returns 0-d arrays as [1].
         self.logit_scale = nn.Parameter(torch.tensor([-math.log(temperature)]))
 

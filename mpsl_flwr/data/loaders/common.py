@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +35,13 @@ log = logging.getLogger("mpsl_flwr")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 CLASSES_FILE = "classes.txt"
+
+
+class ProxyLabels(Protocol):
+    """Retrieval's partition pseudo-labels of a split, called with keyword arguments
+    (``proxy_labels(table, clusters=k, seed=s)``), so the parameter names are the API."""
+
+    def __call__(self, table: SampleTable, clusters: int, seed: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class DatasetSpec:
     image_size: int = 0
     audio_frames: int = 0
     text_length: int = 0
-    proxy_labels: Callable[[SampleTable, int, int], np.ndarray] | None = None
+    proxy_labels: ProxyLabels | None = None
 
 
 class Files:

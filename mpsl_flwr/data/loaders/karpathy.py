@@ -53,7 +53,9 @@ def _parse(root: Path, name: str, layout: str, json_name: str, image_dir) -> Par
         raise files.malformed(path, "want an object with a non-empty 'images' list")
     tables = {}
     for split, accepted in SPLITS.items():
-        media, media_of, texts = [], [], []
+        media: list[Path] = []
+        media_of: list[int] = []
+        texts: list[str] = []
         for entry in images:
             if not isinstance(entry, dict) or "filename" not in entry or "split" not in entry:
                 raise files.malformed(path, f"image entry without 'filename'/'split': {entry!r}")
