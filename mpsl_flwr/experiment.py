@@ -86,8 +86,12 @@ class Experiment:
         return {f"test-{k}": v for k, v in metrics.items()}
 
     def parameter_counts(self, head: ClientHead, server: ServerModel) -> dict[str, int]:
-        """Trainable parameters on each side of the cut."""
-        return {
-            "client-trainable-params": count_trainable(head),
-            "server-trainable-params": count_trainable(server),
-        }
+        """Trainable parameters on the client side and on the server side, by where the
+        strategy trains them (split at the cut, all on the clients, all on the server)."""
+        client, rest = count_trainable(head), count_trainable(server)
+        side = strategy_spec(self.cfg.strategy).side
+        if side == "clients":
+            client, rest = client + rest, 0
+        elif side == "server":
+            client, rest = 0, client + rest
+        return {"client-trainable-params": client, "server-trainable-params": rest}

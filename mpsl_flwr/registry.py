@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from mpsl_flwr.config import RunConfig
 
 Side = Literal["split", "clients", "server"]
@@ -67,17 +65,6 @@ class StrategySpec:
     resumable: bool = False
     stages: Stages | None = None
     model: Callable[[RunConfig], ModelOptions] = field(default=_as_configured)
-
-    def parameter_counts(self, head: nn.Module, server: nn.Module) -> dict[str, int]:
-        """Trainable parameters on the client side and on the server side."""
-        from mpsl_flwr.models.split_model import count_trainable
-
-        client, rest = count_trainable(head), count_trainable(server)
-        if self.side == "clients":
-            client, rest = client + rest, 0
-        elif self.side == "server":
-            client, rest = 0, client + rest
-        return {"client-trainable-params": client, "server-trainable-params": rest}
 
 
 STRATEGIES: dict[str, StrategySpec] = {

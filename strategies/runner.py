@@ -72,7 +72,7 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
 
     spec = strategy_spec(cfg.strategy)
     runner = load_runner(spec)(exp)
-    recorder.update(**spec.parameter_counts(runner.head, runner.server_model))
+    recorder.update(**exp.parameter_counts(runner.head, runner.server_model))
 
     def on_epoch_end(record: EpochRecord) -> None:
         if recorder.summary.get("num-clients") is None:

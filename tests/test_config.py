@@ -8,6 +8,7 @@ import typing
 import pytest
 
 from mpsl_flwr.config import ConfigError, RunConfig, load_pyproject_config, parse_overrides
+from mpsl_flwr.registry import strategy_spec
 
 
 def test_pyproject_table_matches_dataclass_defaults():
@@ -128,6 +129,7 @@ def test_builders_take_their_part(tiny):
     assert sorted(i for p in parts for i in p.tolist()) == list(range(96))
     other = client_partition(cfg.data, 0, 2, seed=cfg.seed + 1)
     assert other.tolist() != parts[0].tolist()  # the run's seed fixes the partitions
-    spec = ModelSpec.from_config(cfg.model, info, strategy=cfg.strategy, seed=cfg.seed)
+    options = strategy_spec(cfg.strategy).model(cfg)
+    spec = ModelSpec.from_config(cfg.model, info, options=options, seed=cfg.seed)
     assert spec == Experiment.from_config(cfg).spec
     assert spec.depth == cfg.model.depth and spec.task.kind == info.kind
