@@ -119,7 +119,6 @@ class Checkpointing:
             self.checkpointer.save(
                 {
                     "epoch": epochs_done,
-                    "step": 0,
                     "rng": rng_state(),
                     "history": self.history(),
                     **payload(),

@@ -45,9 +45,6 @@ class TrafficMeter:
             total += size
         return total
 
-    def snapshot(self) -> tuple[dict[int, int], dict[int, int]]:
-        return dict(self.sent), dict(self.received)
-
     def totals(self) -> tuple[int, int]:
         """Bytes sent and received so far, over all nodes."""
         return sum(self.sent.values()), sum(self.received.values())
