@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-from flwr.serverapp.strategy import FedAvg
 
 from clients.client_app import app as client_app
 from mpsl_flwr.experiment import Experiment
@@ -114,14 +113,12 @@ def test_every_strategy_writes_the_same_columns(tiny):
         return Experiment.from_config(cfg).evaluate(head, server)
 
     central = tiny(strategy="centralized")
-    Centralized(Experiment.from_config(central)).start(evaluate, rows["centralized"].append)
+    Centralized(Experiment.from_config(central)).start(None, evaluate, rows["centralized"].append)
     fedavg = tiny(strategy="fedavg")
-    FederatedAveraging(Experiment.from_config(fedavg), FedAvg).start(
+    FederatedAveraging(Experiment.from_config(fedavg)).start(
         LocalGrid(client_app, 2, fedavg.to_mapping()), evaluate, rows["fedavg"].append
     )
-    exp = Experiment.from_config(cfg)
-    head, server = exp.initial_model()
-    MPSL(cfg, exp.spec, head, server).start(
+    MPSL(Experiment.from_config(cfg)).start(
         LocalGrid(client_app, 2, cfg.to_mapping()), evaluate, rows["mpsl"].append
     )
     expected = [*COLUMNS, "test-accuracy", "test-loss"]
