@@ -22,6 +22,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from mpsl_flwr.project import PROJECT_DIR
+
 Strategy = Literal["mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized"]
 ModelSize = Literal["tiny", "small", "base", "large", "huge"]
 Fusion = Literal["auto", "early", "late"]
@@ -142,7 +144,7 @@ class RunConfig:
 
 def load_pyproject_config(project_dir: str | Path | None = None) -> dict[str, Any]:
     """The ``[tool.flwr.app.config]`` table of the project's ``pyproject.toml``."""
-    path = Path(project_dir or Path(__file__).resolve().parent.parent) / "pyproject.toml"
+    path = Path(project_dir or PROJECT_DIR) / "pyproject.toml"
     if not path.is_file():
         return {}
     with path.open("rb") as fh:
