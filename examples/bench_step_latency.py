@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mpsl_flwr.deploy import FAST, DeployOptions, deployment
-from mpsl_flwr.launch import RunOutcome, flwr_run, local_superlink
+from mpsl_flwr.ops.deploy import FAST, DeployOptions, deployment
+from mpsl_flwr.ops.launch import RunOutcome, flwr_run, local_superlink
 
 MODES = ("sim", "deploy", "deploy-poll", "deploy-fast")
 DEFAULT_MODES = ("sim", "deploy", "deploy-fast")

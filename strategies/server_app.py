@@ -6,8 +6,8 @@ import torch  # noqa: F401 - Flower needs torch imported where ArrayRecords are 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from mpsl_flwr import flower_patches
 from mpsl_flwr.config import RunConfig
+from mpsl_flwr.ops import flower_patches
 from strategies.runner import run_experiment, setup_logging
 
 app = ServerApp()

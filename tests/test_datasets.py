@@ -25,7 +25,6 @@ from mpsl_flwr.data.audio import centred_window, fbank, silence, window_samples
 from mpsl_flwr.data.errors import DatasetError, DatasetFormatError, DatasetNotFoundError
 from mpsl_flwr.data.images import normalization
 from mpsl_flwr.data.loaders.kinetics import KINETICS_SOUNDS
-from mpsl_flwr.data.plot import main as plot_main
 from mpsl_flwr.data.registry import (
     client_partition,
     dataset_info,
@@ -35,6 +34,7 @@ from mpsl_flwr.data.registry import (
 )
 from mpsl_flwr.data.text import tokenize
 from mpsl_flwr.data.video import has_audio, read_clip
+from mpsl_flwr.tools.partition_plot import main as plot_main
 
 SIZE = 32  # image-size for the fixtures (a multiple of the 16-pixel patch)
 FRAMES = 48  # audio-frames for the fixtures (0.49 s)

@@ -24,10 +24,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from mpsl_flwr.certs import make_node_key, make_tls
-from mpsl_flwr.deploy import CONNECTION, FAST, Deployment, DeployOptions, deployment
-from mpsl_flwr.launch import COMPLETED
-from mpsl_flwr.processes import children_of, pid_alive
+from mpsl_flwr.ops.certs import make_node_key, make_tls
+from mpsl_flwr.ops.deploy import CONNECTION, FAST, Deployment, DeployOptions, deployment
+from mpsl_flwr.ops.launch import COMPLETED
+from mpsl_flwr.ops.processes import children_of, pid_alive
 
 # One MPSL step: 2 clients hold at most 32 samples each; b_n = ceil(64 / 2) = 32.
 TINY_RUN = {

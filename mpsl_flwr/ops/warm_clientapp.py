@@ -21,7 +21,7 @@ interpreter takes the executor down (the SuperNode then sees the task expire). I
 uses Flower 1.41 internals (``RuntimeHttpClient``, ``flwr.supernode.runtime.
 run_clientapp``) and refuses to start on another Flower minor version.
 
-    python -m mpsl_flwr.warm_clientapp --runtime-api-address 127.0.0.1:9094 --parent-pid N
+    python -m mpsl_flwr.ops.warm_clientapp --runtime-api-address 127.0.0.1:9094 --parent-pid N
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from flwr.supernode.runtime.run_clientapp import (
     push_task_output,
 )
 
-from mpsl_flwr import flower_patches
+from mpsl_flwr.ops import flower_patches
 
 log = logging.getLogger("mpsl_flwr.warm_clientapp")
 
@@ -212,12 +212,14 @@ class WarmExecutor:
         log.warning("Restarting the executor to load the new FAB")
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "mpsl_flwr.warm_clientapp", *sys.argv[1:]])
+        os.execv(
+            sys.executable, [sys.executable, "-m", "mpsl_flwr.ops.warm_clientapp", *sys.argv[1:]]
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mpsl_flwr.warm_clientapp", description=__doc__.split("\n\n")[0]
+        prog="python -m mpsl_flwr.ops.warm_clientapp", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--runtime-api-address", required=True, help="SuperNode Runtime API")
     parser.add_argument("--poll", type=float, default=0.05, help="seconds between task polls")
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     if not flwr.__version__.startswith(SUPPORTED_FLWR):
         print(
-            f"mpsl_flwr.warm_clientapp relies on Flower {SUPPORTED_FLWR}x internals; this is "
+            f"mpsl_flwr.ops.warm_clientapp relies on Flower {SUPPORTED_FLWR}x internals; this is "
             f"flwr {flwr.__version__}. Run the SuperNode with --isolation subprocess instead.",
             file=sys.stderr,
         )

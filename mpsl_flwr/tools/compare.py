@@ -4,7 +4,7 @@
         --run-config "dataset=synthetic-vqa epochs=4" --out outputs/compare
 
 Every federated strategy runs as a real ``flwr run`` simulation on one private
-SuperLink (see :mod:`mpsl_flwr.launch`); centralized training runs in this process
+SuperLink (see :mod:`mpsl_flwr.ops.launch`); centralized training runs in this process
 through the same entry point and writes the same files. The command writes to ``--out``:
 
 * ``table.md`` and ``table.csv``: per strategy, mean ± std over seeds of the final test
@@ -32,7 +32,7 @@ import numpy as np
 from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
 from mpsl_flwr.costs import run_costs
 from mpsl_flwr.experiment import Experiment
-from mpsl_flwr.launch import PROJECT_DIR, flwr_run, local_superlink
+from mpsl_flwr.ops.launch import PROJECT_DIR, flwr_run, local_superlink
 
 STRATEGIES = ("mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized")
 

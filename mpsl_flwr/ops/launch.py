@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from mpsl_flwr.config import parse_overrides, resolve_config
-from mpsl_flwr.processes import ManagedProcess, executable, free_port, sigterm_raises_exit
+from mpsl_flwr.ops.processes import ManagedProcess, executable, free_port, sigterm_raises_exit
+from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.results import SUMMARY, format_table
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 COMPLETED = "finished:completed"
 
 __all__ = [

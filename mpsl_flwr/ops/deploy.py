@@ -1,6 +1,6 @@
 """Run the app on a real Flower deployment on loopback: one SuperLink, N SuperNodes.
 
-Unlike :mod:`mpsl_flwr.launch` (a simulation SuperLink with virtual nodes), this starts
+Unlike :mod:`mpsl_flwr.ops.launch` (a simulation SuperLink with virtual nodes), this starts
 a ``flower-superlink`` in deployment mode and ``N`` separate ``flower-supernode``
 processes, each with its ``partition-id``/``num-partitions`` node config, all on free
 ports of 127.0.0.1 and each under its own ``FLWR_HOME``. It writes a SuperLink
@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mpsl_flwr import flower_patches
-from mpsl_flwr.certs import NodeKey, TlsFiles, make_node_key, make_tls
 from mpsl_flwr.config import parse_overrides, resolve_config
-from mpsl_flwr.launch import PROJECT_DIR, FlwrCli, RunOutcome, flwr_run, report
-from mpsl_flwr.processes import (
+from mpsl_flwr.ops import flower_patches
+from mpsl_flwr.ops.certs import NodeKey, TlsFiles, make_node_key, make_tls
+from mpsl_flwr.ops.launch import PROJECT_DIR, FlwrCli, RunOutcome, flwr_run, report
+from mpsl_flwr.ops.processes import (
     ManagedProcess,
     executable,
     free_port,
@@ -53,7 +53,6 @@ from mpsl_flwr.processes import (
 )
 
 CONNECTION = "mpsl-deploy"
-CODE_DIR = Path(__file__).resolve().parent.parent
 
 FAST: dict[str, Any] = {"warm_clientapp": True, "node_poll": 0.2, "object_pull_backoff": 0.02}
 """``mpsl-deploy --fast``: the three latency cuts of docs/deployment.md, as DeployOptions."""
@@ -142,11 +141,11 @@ class Deployment(FlwrCli):
         env.pop(SUPEREXEC_POLL_ENV, None)
         if self.options.superexec_poll_interval is not None:
             env[SUPEREXEC_POLL_ENV] = str(self.options.superexec_poll_interval)
-        # Our helper entry points (mpsl_flwr.warm_clientapp, .fast_supernode) must come
+        # Our helper entry points (mpsl_flwr.ops.warm_clientapp, .fast_supernode) must come
         # from this checkout; the app itself is imported from the FAB, which Flower puts
         # first on sys.path.
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(CODE_DIR), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")) if p
         )
         # A stray FLWR_LOCAL_* must not send the CLI to some other SuperLink.
         for key in ("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT"):
@@ -279,7 +278,7 @@ class Deployment(FlwrCli):
         if self.options.node_poll is None and self.options.object_pull_backoff is None:
             supernode = [executable("flower-supernode")]
         else:  # Flower's flower-supernode, with the patches env asks for
-            supernode = [sys.executable, "-m", "mpsl_flwr.fast_supernode"]
+            supernode = [sys.executable, "-m", "mpsl_flwr.ops.fast_supernode"]
         if self.options.node_poll is not None:
             env[flower_patches.SUPERNODE_POLL_ENV] = str(self.options.node_poll)
         cmd = [
@@ -314,7 +313,7 @@ class Deployment(FlwrCli):
             executor_cmd = [
                 sys.executable,
                 "-m",
-                "mpsl_flwr.warm_clientapp",
+                "mpsl_flwr.ops.warm_clientapp",
                 "--runtime-api-address",
                 f"127.0.0.1:{runtime_port}",
                 "--parent-pid",
@@ -462,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "--warm-clientapp",
         action="store_true",
         help="SuperNodes in --isolation process, each served by one long-lived ClientApp "
-        "process (mpsl_flwr.warm_clientapp) instead of a new process per message",
+        "process (mpsl_flwr.ops.warm_clientapp) instead of a new process per message",
     )
     parser.add_argument(
         "--node-poll",
@@ -470,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="SECONDS",
         help="cap the SuperNode's idle poll (Flower 1.41: a fixed 3 s) by running it "
-        "through mpsl_flwr.fast_supernode, an opt-in patch; e.g. 0.2",
+        "through mpsl_flwr.ops.fast_supernode, an opt-in patch; e.g. 0.2",
     )
     parser.add_argument(
         "--object-pull-backoff",

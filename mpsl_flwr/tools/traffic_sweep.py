@@ -38,9 +38,9 @@ import matplotlib.pyplot as plt
 from clients.client_app import app as client_app
 from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
 from mpsl_flwr.experiment import Experiment
-from mpsl_flwr.launch import PROJECT_DIR
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.models.sizes import ENCODER_SIZES
+from mpsl_flwr.ops.launch import PROJECT_DIR
 from mpsl_flwr.protocol import TrafficMeter
 
 STRATEGIES = ("mpsl", "fedavg", "fedclip")

@@ -24,8 +24,8 @@ from typing import Any
 from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
 from mpsl_flwr.costs import measure
 from mpsl_flwr.experiment import Experiment
-from mpsl_flwr.launch import PROJECT_DIR
 from mpsl_flwr.models.sizes import ENCODER_SIZES
+from mpsl_flwr.ops.launch import PROJECT_DIR
 from mpsl_flwr.staging import STAGED_STRATEGIES, StageSchedule
 
 STRATEGIES = ("mpsl", "fedavg", "fedclip", "lw-fedmml", "prog-fedmml", "centralized")
