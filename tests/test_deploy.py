@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
 from mpsl_flwr.ops.certs import make_node_key, make_tls
 from mpsl_flwr.ops.deploy import CONNECTION, FAST, Deployment, DeployOptions, deployment
-from mpsl_flwr.ops.launch import COMPLETED
 from mpsl_flwr.ops.processes import children_of, pid_alive
+from mpsl_flwr.ops.superlink import COMPLETED
 
 # One MPSL step: 2 clients hold at most 32 samples each; b_n = ceil(64 / 2) = 32.
 TINY_RUN = {

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mpsl_flwr.ops.deploy import FAST, DeployOptions, deployment
-from mpsl_flwr.ops.launch import COMPLETED
+from mpsl_flwr.ops.superlink import COMPLETED
 
 pytestmark = pytest.mark.e2e
 

@@ -20,6 +20,9 @@ Variants (see docs/deployment.md):
   nodes are refused.
 
     mpsl-deploy --nodes 2 --tls --auth --run-config "epochs=1 synthetic-train-size=64"
+
+The SuperLink is the :class:`mpsl_flwr.ops.superlink.SuperLink` that ``mpsl-run`` uses
+too, in deployment mode.
 """
 
 from __future__ import annotations
@@ -30,11 +33,9 @@ import json
 import os
 import shutil
 import signal
-import ssl
 import sys
 import tempfile
 import textwrap
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Any, Literal
 from mpsl_flwr.config import parse_overrides, resolve_config
 from mpsl_flwr.ops import flower_patches
 from mpsl_flwr.ops.certs import NodeKey, TlsFiles, make_node_key, make_tls
-from mpsl_flwr.ops.launch import PROJECT_DIR, FlwrCli, RunOutcome, flwr_run, report
+from mpsl_flwr.ops.launch import flwr_run, report
 from mpsl_flwr.ops.processes import (
     ManagedProcess,
     executable,
@@ -51,6 +52,9 @@ from mpsl_flwr.ops.processes import (
     sigterm_raises_exit,
     wait_for,
 )
+from mpsl_flwr.ops.runs import RunOutcome
+from mpsl_flwr.ops.superlink import FlwrCli, SuperLink, flower_env
+from mpsl_flwr.project import PROJECT_DIR
 
 CONNECTION = "mpsl-deploy"
 
@@ -103,15 +107,22 @@ class SuperNode:
 
 @dataclass
 class Deployment(FlwrCli):
-    """A SuperLink and its SuperNodes on loopback, owned by this process."""
+    """A SuperLink (:attr:`link`) and its SuperNodes on loopback, owned by this process;
+    its ``flwr`` commands go to connection ``mpsl-deploy`` in the SuperLink's FLWR_HOME."""
 
     options: DeployOptions
     workdir: Path
     connection: str | None = CONNECTION
-    port: int = field(default_factory=free_port)
-    tls: TlsFiles | None = None
-    superlink: ManagedProcess | None = None
     supernodes: list[SuperNode] = field(default_factory=list)
+    link: SuperLink = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.link = SuperLink(
+            self.cli_home,
+            auth=self.options.auth,
+            settings=self._settings(),
+            log_path=self.workdir / "logs" / "superlink.log",
+        )
 
     # ------------------------------------------------------------------ env
     @property
@@ -120,96 +131,53 @@ class Deployment(FlwrCli):
         return self.workdir / "superlink"
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def port(self) -> int:
+        return self.link.port
 
-    def _env(self, flwr_home: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            FLWR_HOME=str(flwr_home),
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            PYTHONUNBUFFERED="1",
-            # SuperLink and SuperNode spawn flower-superexec, flwr-serverapp and
-            # flwr-clientapp by name: find this environment's first.
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        )
-        for key in (flower_patches.SUPERNODE_POLL_ENV, flower_patches.OBJECT_PULL_BACKOFF_ENV):
-            env.pop(key, None)
-        if self.options.object_pull_backoff is not None:
-            env[flower_patches.OBJECT_PULL_BACKOFF_ENV] = str(self.options.object_pull_backoff)
-        env.pop(SUPEREXEC_POLL_ENV, None)
-        if self.options.superexec_poll_interval is not None:
-            env[SUPEREXEC_POLL_ENV] = str(self.options.superexec_poll_interval)
-        # Our helper entry points (mpsl_flwr.ops.warm_clientapp, .fast_supernode) must come
-        # from this checkout; the app itself is imported from the FAB, which Flower puts
-        # first on sys.path.
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")) if p
-        )
-        # A stray FLWR_LOCAL_* must not send the CLI to some other SuperLink.
-        for key in ("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT"):
-            env.pop(key, None)
-        return env
+    @property
+    def address(self) -> str:
+        return self.link.address
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        return self.link.tls
+
+    @tls.setter
+    def tls(self, files: TlsFiles | None) -> None:
+        self.link.tls = files
+
+    @property
+    def superlink(self) -> ManagedProcess | None:
+        """The ``flower-superlink`` process, once started."""
+        return self.link.process
+
+    def _settings(self) -> dict[str, str | None]:
+        """What this deployment's processes add to :func:`flower_env` (None: unset)."""
+        backoff = self.options.object_pull_backoff
+        poll = self.options.superexec_poll_interval
+        return {
+            flower_patches.SUPERNODE_POLL_ENV: None,  # per SuperNode, see start_supernode
+            flower_patches.OBJECT_PULL_BACKOFF_ENV: None if backoff is None else str(backoff),
+            SUPEREXEC_POLL_ENV: None if poll is None else str(poll),
+            # Our helper entry points (mpsl_flwr.ops.warm_clientapp, .fast_supernode) must
+            # come from this checkout; the app itself is imported from the FAB, which
+            # Flower puts first on sys.path.
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
 
     @property
     def env(self) -> dict[str, str]:  # type: ignore[override]
         """Environment of the ``flwr`` CLI commands run against this deployment."""
-        return self._env(self.cli_home)
-
-    def _tls_args(self, client: bool) -> list[str]:
-        if self.tls is None:
-            return ["--insecure"]
-        if client:
-            return ["--root-certificates", str(self.tls.ca_cert)]
-        return [
-            "--ssl-ca-certfile",
-            str(self.tls.ca_cert),
-            "--ssl-certfile",
-            str(self.tls.server_cert),
-            "--ssl-keyfile",
-            str(self.tls.server_key),
-        ]
+        return self.link.env
 
     # ------------------------------------------------------------------ superlink
     def start_superlink(self) -> None:
         if self.options.tls:
             self.tls = make_tls(self.workdir / "tls")
-        cmd = [
-            executable("flower-superlink"),
-            *self._tls_args(client=False),
-            "--isolation",
-            "subprocess",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--disable-runtime-dependency-installation",
-        ]
-        if self.options.auth:
-            cmd.append("--enable-supernode-auth")
-        self.cli_home.mkdir(parents=True, exist_ok=True)
-        self.superlink = ManagedProcess(
-            "flower-superlink", cmd, self.env, self.workdir / "logs" / "superlink.log"
-        ).start()
-        wait_for(
-            self._healthy,
-            self.options.startup_timeout,
-            f"the SuperLink to answer on https?://{self.address}/health",
-            watch=[self.superlink],
-        )
+        self.link.start(self.options.startup_timeout)
         self.write_connection()
-
-    def _healthy(self) -> bool:
-        scheme = "https" if self.tls else "http"
-        context = ssl.create_default_context(cafile=str(self.tls.ca_cert)) if self.tls else None
-        try:
-            with urllib.request.urlopen(
-                f"{scheme}://{self.address}/health", timeout=0.5, context=context
-            ) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
 
     def write_connection(self) -> Path:
         """Write the CLI's config.toml (Flower 1.41 format) with our connection as default.
@@ -274,7 +242,7 @@ class Deployment(FlwrCli):
         home.mkdir(parents=True, exist_ok=True)
         runtime_port = free_port()
         warm = self.options.warm_clientapp
-        env = self._env(home)
+        env = flower_env(home, self._settings())
         if self.options.node_poll is None and self.options.object_pull_backoff is None:
             supernode = [executable("flower-supernode")]
         else:  # Flower's flower-supernode, with the patches env asks for
@@ -283,7 +251,7 @@ class Deployment(FlwrCli):
             env[flower_patches.SUPERNODE_POLL_ENV] = str(self.options.node_poll)
         cmd = [
             *supernode,
-            *self._tls_args(client=True),
+            *self.link.tls_args(client=True),
             "--superlink",
             self.address,
             "--host",
@@ -352,11 +320,7 @@ class Deployment(FlwrCli):
 
     def check_alive(self) -> None:
         for proc in self._required():
-            if not proc.running():
-                raise RuntimeError(
-                    f"{proc.name} exited with code {proc.returncode()}; its log "
-                    f"({proc.log_path}) ends with:\n{proc.log_tail()}"
-                )
+            proc.check_alive()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:

@@ -9,6 +9,10 @@ with runtime dependency installation off, submits the run, streams its logs, che
 SuperLink it started by process group, on success, failure or Ctrl-C.
 
     mpsl-run --nodes 10 --run-config "epochs=3 dataset='synthetic-va'"
+
+The SuperLink is :class:`mpsl_flwr.ops.superlink.SuperLink` (shared with
+:mod:`mpsl_flwr.ops.deploy`); the run's name and directory are chosen by
+:mod:`mpsl_flwr.ops.runs`.
 """
 
 from __future__ import annotations
@@ -16,161 +20,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mpsl_flwr.config import parse_overrides, resolve_config
-from mpsl_flwr.ops.processes import ManagedProcess, executable, free_port, sigterm_raises_exit
+from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
+from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, summary_status
+from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.results import SUMMARY, format_table
 
-COMPLETED = "finished:completed"
-
-__all__ = [
-    "COMPLETED",
-    "FlwrCli",
-    "LocalSuperLink",
-    "RunOutcome",
-    "flwr_run",
-    "free_port",
-    "report",
-]
-
-
-class FlwrCli:
-    """Runs ``flwr`` CLI commands under ``env``, against connection ``connection``.
-
-    ``connection`` is the name of a SuperLink connection in ``$FLWR_HOME/config.toml``;
-    None means the default one (for :class:`LocalSuperLink`, the ``:local:`` SuperLink
-    that ``FLWR_LOCAL_*`` in ``env`` point at).
-    """
-
-    env: dict[str, str]
-    connection: str | None = None
-
-    def conn_args(self) -> list[str]:
-        return [self.connection] if self.connection else []
-
-    def flwr(self, *args: str, capture: bool = True, timeout: float | None = 120) -> str:
-        """Run a ``flwr`` CLI command; returns its stdout."""
-        out = subprocess.run(
-            [executable("flwr"), *args],
-            env=self.env,
-            capture_output=capture,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"`flwr {' '.join(args)}` failed: {out.stdout}{out.stderr}")
-        return out.stdout
-
-    def run_status(self, run_id: int) -> str:
-        data = json.loads(
-            self.flwr("list", *self.conn_args(), "--run-id", str(run_id), "--format", "json")
-        )
-        return str(data["runs"][0]["status"])
-
-    def check_alive(self) -> None:
-        """Raise if a process this run needs has died (a no-op unless overridden)."""
-
-
-@dataclass
-class LocalSuperLink(FlwrCli):
-    """A ``flower-superlink --simulation`` that this process owns, on free ports."""
-
-    flwr_home: Path
-    http_port: int = field(default_factory=free_port)
-    control_port: int = field(default_factory=free_port)
-    log_path: Path | None = None
-    managed: ManagedProcess | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        """Environment under which ``flwr`` commands talk to this SuperLink only."""
-        env = dict(os.environ)
-        env.update(
-            FLWR_HOME=str(self.flwr_home),
-            FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.http_port),
-            FLWR_LOCAL_CONTROL_API_PORT=str(self.control_port),
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
-            PYTHONUNBUFFERED="1",
-            # The SuperLink spawns flower-superexec and flwr-simulation by name.
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        )
-        return env
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.log_path or self.flwr_home / "superlink.log"
-        cmd = [
-            executable("flower-superlink"),
-            "--insecure",
-            "--simulation",
-            "--isolation",
-            "subprocess",
-            "--control-api-address",
-            f"127.0.0.1:{self.control_port}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.http_port),
-        ]
-        self.managed = ManagedProcess("flower-superlink", cmd, self.env, self.log_path).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.managed.running():
-                raise RuntimeError(
-                    f"flower-superlink exited with code {self.managed.returncode()}; "
-                    f"see {self.log_path}"
-                )
-            if self.healthy():
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(
-            f"flower-superlink did not start within {timeout:.0f}s; see {self.log_path}"
-        )
-
-    def healthy(self) -> bool:
-        try:
-            url = f"http://127.0.0.1:{self.http_port}/health"
-            with urllib.request.urlopen(url, timeout=0.5) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop the SuperLink and everything in its process group, by PID."""
-        if self.managed is not None:
-            self.managed.stop(grace)
-
-    def check_alive(self) -> None:
-        if self.managed is not None and not self.managed.running():
-            raise RuntimeError(
-                f"flower-superlink exited with code {self.managed.returncode()}; "
-                f"see {self.log_path}"
-            )
+__all__ = ["flwr_run", "local_superlink", "main", "report"]
 
 
 @contextlib.contextmanager
-def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
-    """A private SuperLink for the duration of the ``with`` block."""
+def local_superlink(flwr_home: Path | None = None) -> Iterator[SuperLink]:
+    """A private simulation SuperLink for the duration of the ``with`` block."""
     tmp = None
     if flwr_home is None:
         tmp = tempfile.TemporaryDirectory(prefix="mpsl-flwr-home-")
         flwr_home = Path(tmp.name)
-    link = LocalSuperLink(flwr_home)
+    link = SuperLink(flwr_home, simulation=True)
     # The SuperLink runs in its own session: a SIGTERM that skipped ``finally`` would
     # leave it orphaned on its ports.
     with sigterm_raises_exit():
@@ -181,33 +56,6 @@ def local_superlink(flwr_home: Path | None = None) -> Iterator[LocalSuperLink]:
             link.stop()
             if tmp is not None:
                 tmp.cleanup()
-
-
-@dataclass
-class RunOutcome:
-    """How a ``flwr run`` ended and where its results are."""
-
-    run_id: int
-    status: str
-    run_dir: Path
-    wall_time_s: float
-
-    @property
-    def ok(self) -> bool:
-        return self.status == COMPLETED
-
-    def summary(self) -> dict[str, Any]:
-        return json.loads((self.run_dir / SUMMARY).read_text())
-
-
-def free_run_name(output_dir: Path, name: str) -> str:
-    """``name``, or ``name-2``, ``name-3`` ... if taken: the name the run's recorder will
-    use too, so the launcher reads this run's summary and never an older one's."""
-    candidate, k = name, 1
-    while (output_dir / candidate).exists():
-        k += 1
-        candidate = f"{name}-{k}"
-    return candidate
 
 
 def flwr_run(
@@ -229,16 +77,8 @@ def flwr_run(
     ``status_interval`` seconds, and at once when the run's summary.json leaves
     ``running``. The run is stopped if a process it needs dies (``link.check_alive``).
     """
-    cfg = resolve_config(dict(run_config), app_dir)
-    run_name = cfg.run_name or (
-        f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    output_dir = Path(cfg.output_dir).expanduser()
-    if not output_dir.is_absolute():
-        output_dir = Path.cwd() / output_dir
-    if not cfg.resume:
-        run_name = free_run_name(output_dir, run_name)
-    overrides = {**run_config, "output-dir": str(output_dir), "run-name": run_name}
+    run_dir = choose_run_dir(run_config, app_dir)
+    overrides = {**run_config, "output-dir": str(run_dir.parent), "run-name": run_dir.name}
     federation = []
     if num_supernodes is not None:
         federation = [
@@ -267,19 +107,18 @@ def flwr_run(
             [executable("flwr"), "log", str(run_id), *link.conn_args()], env=link.env
         )
     status = ""
-    run_dir = output_dir / run_name
     try:
         deadline = time.monotonic() + timeout
         next_check = 0.0
         while True:
             now = time.monotonic()
-            if _summary_status(run_dir) not in (None, "running"):
+            if summary_status(run_dir) not in (None, "running"):
                 next_check = min(next_check, now)  # the ServerApp is done: confirm soon
             if now >= next_check:
                 status = link.run_status(run_id)
                 if status.startswith("finished"):
                     break
-                finishing = _summary_status(run_dir) not in (None, "running")
+                finishing = summary_status(run_dir) not in (None, "running")
                 next_check = now + (2.0 if finishing else status_interval)
             try:
                 link.check_alive()
@@ -305,14 +144,6 @@ def flwr_run(
                 logs.terminate()
                 logs.wait(timeout=5)
     return RunOutcome(run_id, status, run_dir, time.time() - t0)
-
-
-def _summary_status(run_dir: Path) -> str | None:
-    """``status`` of the run's summary.json, or None while there is none to read."""
-    try:
-        return str(json.loads((run_dir / SUMMARY).read_text()).get("status"))
-    except (OSError, ValueError):
-        return None
 
 
 def _num(x: float) -> int | float:
@@ -353,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_overrides([args.run_config]) if args.run_config else {}
     resolve_config(overrides, args.app_dir)  # fail fast on a bad key, before any process
     with local_superlink(args.flwr_home) as link:
-        print(f"SuperLink on 127.0.0.1:{link.http_port} (FLWR_HOME={link.flwr_home})", flush=True)
+        print(f"SuperLink on 127.0.0.1:{link.port} (FLWR_HOME={link.flwr_home})", flush=True)
         outcome = flwr_run(
             link,
             overrides,
