@@ -36,7 +36,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import flwr
 from flwr.app import Error, Message
 from flwr.cli.install import install_from_fab
 from flwr.clientapp.client_app import ClientApp, LoadClientAppError
@@ -61,8 +60,6 @@ from flwr.supernode.runtime.run_clientapp import (
 from mpsl_flwr.ops import flower_patches
 
 log = logging.getLogger("mpsl_flwr.warm_clientapp")
-
-SUPPORTED_FLWR = "1.41."
 
 
 def _client(address: str, token: str | None = None) -> RuntimeHttpClient:
@@ -233,12 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    if not flwr.__version__.startswith(SUPPORTED_FLWR):
-        print(
-            f"mpsl_flwr.ops.warm_clientapp relies on Flower {SUPPORTED_FLWR}x internals; this is "
-            f"flwr {flwr.__version__}. Run the SuperNode with --isolation subprocess instead.",
-            file=sys.stderr,
+    try:
+        flower_patches.check_flwr_version(
+            "mpsl_flwr.ops.warm_clientapp relies on the internals of",
+            "Run the SuperNode with --isolation subprocess instead.",
         )
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
         return 2
     flower_patches.apply_from_env()
     if args.parent_pid is not None:
