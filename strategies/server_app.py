@@ -7,7 +7,6 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from mpsl_flwr.config import RunConfig
-from mpsl_flwr.ops import flower_patches
 from strategies.runner import run_experiment, setup_logging
 
 app = ServerApp()
@@ -17,5 +16,4 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run ``strategy`` with the run config; results go to ``<output-dir>/<run-name>``."""
     setup_logging()
-    flower_patches.apply_from_env()  # opt-in (mpsl-deploy --fast); nothing by default
     run_experiment(RunConfig.from_mapping(context.run_config), grid)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mpsl_flwr.config import parse_overrides, resolve_config
-from mpsl_flwr.ops import flower_patches
+from mpsl_flwr.ops import fast_flower, flower_patches
 from mpsl_flwr.ops.certs import NodeKey, TlsFiles, make_node_key, make_tls
 from mpsl_flwr.ops.launch import flwr_run, report
 from mpsl_flwr.ops.processes import (
@@ -121,6 +121,7 @@ class Deployment(FlwrCli):
             self.cli_home,
             auth=self.options.auth,
             settings=self._settings(),
+            bin_dirs=(self.wrapper_dir,) if self.options.object_pull_backoff is not None else (),
             log_path=self.workdir / "logs" / "superlink.log",
         )
 
@@ -129,6 +130,11 @@ class Deployment(FlwrCli):
     def cli_home(self) -> Path:
         """FLWR_HOME of the SuperLink and of the ``flwr`` CLI (holds config.toml)."""
         return self.workdir / "superlink"
+
+    @property
+    def wrapper_dir(self) -> Path:
+        """Where the patched ``flwr-serverapp`` goes (first on the SuperLink's PATH)."""
+        return self.workdir / "bin"
 
     @property
     def port(self) -> int:
@@ -159,7 +165,7 @@ class Deployment(FlwrCli):
             flower_patches.SUPERNODE_POLL_ENV: None,  # per SuperNode, see start_supernode
             flower_patches.OBJECT_PULL_BACKOFF_ENV: None if backoff is None else str(backoff),
             SUPEREXEC_POLL_ENV: None if poll is None else str(poll),
-            # Our helper entry points (mpsl_flwr.ops.warm_clientapp, .fast_supernode) must
+            # Our helper entry points (mpsl_flwr.ops.warm_clientapp, .fast_flower) must
             # come from this checkout; the app itself is imported from the FAB, which
             # Flower puts first on sys.path.
             "PYTHONPATH": os.pathsep.join(
@@ -176,6 +182,8 @@ class Deployment(FlwrCli):
     def start_superlink(self) -> None:
         if self.options.tls:
             self.tls = make_tls(self.workdir / "tls")
+        if self.options.object_pull_backoff is not None:
+            fast_flower.write_wrapper(self.wrapper_dir, "flwr-serverapp")
         self.link.start(self.options.startup_timeout)
         self.write_connection()
 
@@ -246,7 +254,7 @@ class Deployment(FlwrCli):
         if self.options.node_poll is None and self.options.object_pull_backoff is None:
             supernode = [executable("flower-supernode")]
         else:  # Flower's flower-supernode, with the patches env asks for
-            supernode = [sys.executable, "-m", "mpsl_flwr.ops.fast_supernode"]
+            supernode = [sys.executable, "-m", "mpsl_flwr.ops.fast_flower", "flower-supernode"]
         if self.options.node_poll is not None:
             env[flower_patches.SUPERNODE_POLL_ENV] = str(self.options.node_poll)
         cmd = [
@@ -433,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="SECONDS",
         help="cap the SuperNode's idle poll (Flower 1.41: a fixed 3 s) by running it "
-        "through mpsl_flwr.ops.fast_supernode, an opt-in patch; e.g. 0.2",
+        "through mpsl_flwr.ops.fast_flower, an opt-in patch; e.g. 0.2",
     )
     parser.add_argument(
         "--object-pull-backoff",

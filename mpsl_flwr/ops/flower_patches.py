@@ -23,7 +23,9 @@ silently changing timing.
    (``flwr.supercore.inflatable.inflatable_utils``; used by the SuperNode, the
    ServerApp's HTTP grid and the ClientApp). It is applied in a process whose env has
    ``MPSL_OBJECT_PULL_BACKOFF`` (see :func:`apply_from_env`), which ``mpsl-deploy --fast``
-   sets for the SuperLink (and so its ServerApp) and the SuperNodes.
+   sets for the SuperLink (and so its ServerApp) and the SuperNodes. The SuperNodes and
+   the ServerApp are started through :mod:`mpsl_flwr.ops.fast_flower`, the ClientApp
+   executors are :mod:`mpsl_flwr.ops.warm_clientapp`; the app itself never imports this.
 
 :func:`check_flwr_version` is the one check of the installed Flower against the 1.41
 internals that these patches and the warm executor rely on.
