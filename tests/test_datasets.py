@@ -19,6 +19,7 @@ import soundfile
 import torch
 from PIL import Image
 
+from mpsl_flwr.cli import partition_plot as plot_main
 from mpsl_flwr.config import RunConfig, load_pyproject_config
 from mpsl_flwr.data import loaders
 from mpsl_flwr.data.audio import centred_window, fbank, silence, window_samples
@@ -34,7 +35,6 @@ from mpsl_flwr.data.registry import (
 )
 from mpsl_flwr.data.text import tokenize
 from mpsl_flwr.data.video import has_audio, read_clip
-from mpsl_flwr.tools.partition_plot import main as plot_main
 
 SIZE = 32  # image-size for the fixtures (a multiple of the 16-pixel patch)
 FRAMES = 48  # audio-frames for the fixtures (0.49 s)

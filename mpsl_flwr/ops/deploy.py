@@ -22,12 +22,11 @@ Variants (see docs/deployment.md):
     mpsl-deploy --nodes 2 --tls --auth --run-config "epochs=1 synthetic-train-size=64"
 
 The SuperLink is the :class:`mpsl_flwr.ops.superlink.SuperLink` that ``mpsl-run`` uses
-too, in deployment mode.
+too, in deployment mode; the command line is :func:`mpsl_flwr.cli.deploy`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -35,13 +34,12 @@ import shutil
 import signal
 import sys
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mpsl_flwr.config import parse_overrides, resolve_config
+from mpsl_flwr.config import resolve_config
 from mpsl_flwr.ops import fast_flower, flower_patches
 from mpsl_flwr.ops.certs import NodeKey, TlsFiles, make_node_key, make_tls
 from mpsl_flwr.ops.launch import flwr_run, report
@@ -378,11 +376,6 @@ def deployment(options: DeployOptions, keep_workdir: bool = False) -> Iterator[D
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _pick(value: float | None, fast_value: Any, fast: bool) -> float | None:
-    """An explicit value wins; else ``fast_value`` under --fast; else Flower's default."""
-    return value if value is not None else fast_value if fast else None
-
-
 def _interrupt_on_signals() -> None:
     """SIGINT and SIGTERM raise KeyboardInterrupt, so that every process gets stopped
     (also when started in the background, where a shell leaves SIGINT ignored)."""
@@ -394,93 +387,25 @@ def _interrupt_on_signals() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mpsl-deploy",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.dedent(
-            """
-            examples:
-              mpsl-deploy --nodes 2
-              mpsl-deploy --nodes 3 --tls --auth --run-config "epochs=1 batch-size=32"
-            """
-        ),
-    )
-    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes (= data partitions)")
-    parser.add_argument("--tls", action="store_true", help="HTTPS with a generated test CA")
-    parser.add_argument(
-        "--auth", action="store_true", help="SuperNode authentication (implies --tls)"
-    )
-    parser.add_argument(
-        "--run-config", default="", help="overrides, 'key=value ...' as for flwr run"
-    )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where FLWR_HOMEs, certificates, keys and logs go (default: a temporary dir, "
-        "removed afterwards unless --keep-workdir)",
-    )
-    parser.add_argument("--keep-workdir", action="store_true")
-    parser.add_argument(
-        "--superexec-poll",
-        type=float,
-        default=0.1,
-        help=f"seconds between SuperExec task polls ({SUPEREXEC_POLL_ENV}; Flower: 1.0)",
-    )
-    parser.add_argument(
-        "--warm-clientapp",
-        action="store_true",
-        help="SuperNodes in --isolation process, each served by one long-lived ClientApp "
-        "process (mpsl_flwr.ops.warm_clientapp) instead of a new process per message",
-    )
-    parser.add_argument(
-        "--node-poll",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="cap the SuperNode's idle poll (Flower 1.41: a fixed 3 s) by running it "
-        "through mpsl_flwr.ops.fast_flower, an opt-in patch; e.g. 0.2",
-    )
-    parser.add_argument(
-        "--object-pull-backoff",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="first retry of a message payload still being uploaded (Flower 1.41: 1 s), "
-        "in the ServerApp, SuperNodes and ClientApp executors; opt-in patch; e.g. 0.02",
-    )
-    parser.add_argument(
-        "--fast",
-        action="store_true",
-        help="shorthand for --warm-clientapp --node-poll 0.2 --object-pull-backoff 0.02",
-    )
-    parser.add_argument("--timeout", type=float, default=3600.0, help="run timeout, seconds")
-    parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
-    args = parser.parse_args(argv)
-    overrides = parse_overrides([args.run_config]) if args.run_config else {}
-    resolve_config(overrides, args.app_dir)  # fail fast on a bad key, before any process
-    options = DeployOptions(
-        nodes=args.nodes,
-        tls=args.tls or args.auth,
-        auth=args.auth,
-        workdir=args.workdir,
-        superexec_poll_interval=args.superexec_poll,
-        warm_clientapp=args.warm_clientapp or args.fast,
-        node_poll=_pick(args.node_poll, FAST["node_poll"], args.fast),
-        object_pull_backoff=_pick(args.object_pull_backoff, FAST["object_pull_backoff"], args.fast),
-    )
+def main(
+    options: DeployOptions,
+    overrides: dict[str, Any],
+    app_dir: Path = PROJECT_DIR,
+    timeout: float = 3600.0,
+    keep_workdir: bool = False,
+) -> int:
+    """``mpsl-deploy`` (arguments parsed by :func:`mpsl_flwr.cli.deploy`): the exit code."""
+    resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
     _interrupt_on_signals()
     try:
-        with deployment(options, keep_workdir=args.keep_workdir) as dep:
+        with deployment(options, keep_workdir=keep_workdir) as dep:
             kind = "TLS + node auth" if options.auth else "TLS" if options.tls else "insecure"
             print(
                 f"SuperLink on {dep.address} ({kind}), {options.nodes} SuperNodes online; "
                 f"connection '{CONNECTION}' in {dep.cli_home / 'config.toml'}",
                 flush=True,
             )
-            outcome = dep.run(overrides, app_dir=args.app_dir, timeout=args.timeout)
+            outcome = dep.run(overrides, app_dir=app_dir, timeout=timeout)
             logs = dep.workdir / "logs"
     except KeyboardInterrupt as err:
         print(f"\nInterrupted ({err}); the run was stopped and every process ended.")
@@ -489,7 +414,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmpsl-deploy failed: {err}", file=sys.stderr)
         return 1
     return report(outcome, f"see the logs in {logs}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

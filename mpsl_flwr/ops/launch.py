@@ -12,12 +12,11 @@ SuperLink it started by process group, on success, failure or Ctrl-C.
 
 The SuperLink is :class:`mpsl_flwr.ops.superlink.SuperLink` (shared with
 :mod:`mpsl_flwr.ops.deploy`); the run's name and directory are chosen by
-:mod:`mpsl_flwr.ops.runs`.
+:mod:`mpsl_flwr.ops.runs`; the command line is :func:`mpsl_flwr.cli.run`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import subprocess
@@ -28,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mpsl_flwr.config import parse_overrides, resolve_config
+from mpsl_flwr.config import resolve_config
 from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
 from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, summary_status
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
@@ -164,35 +163,27 @@ def _toml_pairs(values: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mpsl-run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=10, help="simulated SuperNodes")
-    parser.add_argument(
-        "--run-config", default="", help="overrides, 'key=value ...' as for flwr run"
-    )
-    parser.add_argument("--cpus-per-client", type=float, default=1.0)
-    parser.add_argument("--gpus-per-client", type=float, default=0.0)
-    parser.add_argument(
-        "--flwr-home",
-        type=Path,
-        default=None,
-        help="FLWR_HOME of the private SuperLink (default: a temporary dir)",
-    )
-    parser.add_argument("--timeout", type=float, default=3600.0)
-    parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
-    args = parser.parse_args(argv)
-    overrides = parse_overrides([args.run_config]) if args.run_config else {}
-    resolve_config(overrides, args.app_dir)  # fail fast on a bad key, before any process
-    with local_superlink(args.flwr_home) as link:
+def main(
+    overrides: dict[str, Any],
+    nodes: int,
+    flwr_home: Path | None = None,
+    app_dir: Path = PROJECT_DIR,
+    cpus_per_client: float = 1.0,
+    gpus_per_client: float = 0.0,
+    timeout: float = 3600.0,
+) -> int:
+    """``mpsl-run`` (arguments parsed by :func:`mpsl_flwr.cli.run`): the exit code."""
+    resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
+    with local_superlink(flwr_home) as link:
         print(f"SuperLink on 127.0.0.1:{link.port} (FLWR_HOME={link.flwr_home})", flush=True)
         outcome = flwr_run(
             link,
             overrides,
-            args.nodes,
-            app_dir=args.app_dir,
-            cpus_per_client=args.cpus_per_client,
-            gpus_per_client=args.gpus_per_client,
-            timeout=args.timeout,
+            nodes,
+            app_dir=app_dir,
+            cpus_per_client=cpus_per_client,
+            gpus_per_client=gpus_per_client,
+            timeout=timeout,
         )
     return report(outcome, f"see {link.log_path} and the logs above")
 
@@ -221,7 +212,3 @@ def report(outcome: RunOutcome, where_to_look: str) -> int:
     print(f"\nResults: {outcome.run_dir}")
     print(f"Summary: {outcome.run_dir / SUMMARY}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
