@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(PY) -m mpsl_flwr.launch --nodes $(NODES) --run-config "$(RUN_CONFIG)" --flwr-home "$(FLWR_HOME)"
+	$(PY) -m mpsl_flwr.cli run --nodes $(NODES) --run-config "$(RUN_CONFIG)" --flwr-home "$(FLWR_HOME)"
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

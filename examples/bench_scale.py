@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mpsl_flwr.deploy import DeployOptions, deployment
-from mpsl_flwr.launch import flwr_run, local_superlink
+from mpsl_flwr.ops.deploy import DeployOptions, deployment
+from mpsl_flwr.ops.launch import flwr_run, local_superlink
 
 
 def main() -> None:

@@ -44,8 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mpsl_flwr.deploy import FAST, DeployOptions, deployment
-from mpsl_flwr.launch import RunOutcome, flwr_run, local_superlink
+from mpsl_flwr.ops.deploy import FAST, DeployOptions, deployment
+from mpsl_flwr.ops.launch import flwr_run, local_superlink
+from mpsl_flwr.ops.runs import RunOutcome
 
 MODES = ("sim", "deploy", "deploy-poll", "deploy-fast")
 DEFAULT_MODES = ("sim", "deploy", "deploy-fast")

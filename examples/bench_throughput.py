@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from mpsl_flwr.config import RunConfig
-from mpsl_flwr.launch import flwr_run, local_superlink
+from mpsl_flwr.ops.launch import flwr_run, local_superlink
 from strategies.runner import run_experiment
 
 

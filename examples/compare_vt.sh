@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/compare-vt}
-exec "$PY" -m mpsl_flwr.compare \
+exec "$PY" -m mpsl_flwr.cli compare \
   --strategies mpsl,fedavg,fedclip,lw-fedmml,prog-fedmml,centralized \
   --seeds 0,1,2 \
   --nodes 10 \

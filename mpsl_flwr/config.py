@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.registry import STRATEGIES, strategy_spec
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ class RunConfig:
 
 def load_pyproject_config(project_dir: str | Path | None = None) -> dict[str, Any]:
     """The ``[tool.flwr.app.config]`` table of the project's ``pyproject.toml``."""
-    path = Path(project_dir or Path(__file__).resolve().parent.parent) / "pyproject.toml"
+    path = Path(project_dir or PROJECT_DIR) / "pyproject.toml"
     if not path.is_file():
         return {}
     with path.open("rb") as fh:

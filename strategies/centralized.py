@@ -3,12 +3,12 @@
 The reference point of every comparison: same model, initial weights, global batch,
 optimiser, schedule and sample order as MPSL with one client (seed for seed, they end
 with the same weights). Reachable as ``strategy=centralized`` through ``flwr run``
-(it then ignores the grid) and as ``python -m strategies.centralized``.
+(it then ignores the grid) and as ``mpsl-centralized`` (``python -m mpsl_flwr.cli
+centralized``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -100,19 +100,3 @@ class Centralized:
                 )
         result.arrays = model_arrays(self.head, self.server_model)
         return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m strategies.centralized [key=value ...]``: the same keys as flwr run."""
-    from mpsl_flwr.config import resolve_config
-    from strategies.runner import run_experiment
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. epochs=2")
-    args = parser.parse_args(argv)
-    cfg = resolve_config(args.overrides).replace(strategy="centralized")
-    run_experiment(cfg, grid=None)
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,6 @@ import torch  # noqa: F401 - Flower needs torch imported where ArrayRecords are 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from mpsl_flwr import flower_patches
 from mpsl_flwr.config import RunConfig
 from strategies.runner import run_experiment, setup_logging
 
@@ -17,5 +16,4 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run ``strategy`` with the run config; results go to ``<output-dir>/<run-name>``."""
     setup_logging()
-    flower_patches.apply_from_env()  # opt-in (mpsl-deploy --fast); nothing by default
     run_experiment(RunConfig.from_mapping(context.run_config), grid)

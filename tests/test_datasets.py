@@ -19,13 +19,13 @@ import soundfile
 import torch
 from PIL import Image
 
+from mpsl_flwr.cli import partition_plot as plot_main
 from mpsl_flwr.config import RunConfig, load_pyproject_config
 from mpsl_flwr.data import loaders
 from mpsl_flwr.data.audio import centred_window, fbank, silence, window_samples
 from mpsl_flwr.data.errors import DatasetError, DatasetFormatError, DatasetNotFoundError
 from mpsl_flwr.data.images import normalization
 from mpsl_flwr.data.loaders.kinetics import KINETICS_SOUNDS
-from mpsl_flwr.data.plot import main as plot_main
 from mpsl_flwr.data.registry import (
     client_partition,
     dataset_info,

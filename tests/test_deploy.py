@@ -24,10 +24,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from mpsl_flwr.certs import make_node_key, make_tls
-from mpsl_flwr.deploy import CONNECTION, FAST, Deployment, DeployOptions, deployment
-from mpsl_flwr.launch import COMPLETED
-from mpsl_flwr.processes import children_of, pid_alive
+from mpsl_flwr.ops import fast_flower, flower_patches
+from mpsl_flwr.ops.certs import make_node_key, make_tls
+from mpsl_flwr.ops.deploy import CONNECTION, FAST, Deployment, DeployOptions, deployment
+from mpsl_flwr.ops.processes import children_of, pid_alive
+from mpsl_flwr.ops.superlink import COMPLETED
 
 # One MPSL step: 2 clients hold at most 32 samples each; b_n = ceil(64 / 2) = 32.
 TINY_RUN = {
@@ -86,6 +87,63 @@ def test_connection_is_what_flwr_reads(tmp_path: Path, monkeypatch, tls: bool) -
         assert conn.address == f"127.0.0.1:{dep.port}"
         assert conn.insecure is (not tls)
         assert conn.root_certificates == (str(dep.tls.ca_cert) if tls else None)
+
+
+def test_fast_serverapp_wrapper_is_what_the_superlink_starts(tmp_path: Path) -> None:
+    """With the object-pull back-off, the SuperLink (and the SuperExec it starts) finds
+    our flwr-serverapp wrapper first on PATH; without it, Flower's own."""
+    import shutil
+    import subprocess
+
+    dep = Deployment(DeployOptions(object_pull_backoff=0.02), tmp_path)
+    wrapper = fast_flower.write_wrapper(dep.wrapper_dir)
+    env = dep.link.env
+    assert shutil.which("flwr-serverapp", path=env["PATH"]) == str(wrapper)
+    assert env[flower_patches.OBJECT_PULL_BACKOFF_ENV] == "0.02"
+    done = subprocess.run([wrapper, "--help"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "flwr-serverapp" in done.stdout, done.stderr
+    stock = Deployment(DeployOptions(), tmp_path / "stock").link.env
+    assert shutil.which("flwr-serverapp", path=stock["PATH"]) != str(wrapper)
+    assert flower_patches.OBJECT_PULL_BACKOFF_ENV not in stock
+
+
+def test_fast_flower_patches_then_hands_over_without_mpsl_flwr(tmp_path: Path) -> None:
+    """The wrapped entry point runs with the back-off patched, under Flower's own name,
+    and with no mpsl_flwr module left to shadow the app's (Flower imports it from the
+    FAB)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "probe.py").write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from flwr.supercore.inflatable import inflatable_utils as u
+
+            def main():
+                print(u.pull_objects.__kwdefaults__["initial_backoff"], sys.argv[0],
+                      any(m.split(".")[0] == "mpsl_flwr" for m in sys.modules))
+            """
+        )
+    )
+    code = (
+        "from mpsl_flwr.ops import fast_flower\n"
+        "fast_flower.ENTRY_POINTS['flwr-serverapp'] = 'probe:main'\n"
+        "fast_flower.main(['flwr-serverapp', '--x'])\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        flower_patches.OBJECT_PULL_BACKOFF_ENV: "0.02",
+        "PYTHONPATH": os.pathsep.join([str(root), str(tmp_path)]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0.02", "flwr-serverapp", "False"]
 
 
 # ---------------------------------------------------------------------- e2e

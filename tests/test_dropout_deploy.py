@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mpsl_flwr.deploy import FAST, DeployOptions, deployment
-from mpsl_flwr.launch import COMPLETED
+from mpsl_flwr.ops.deploy import FAST, DeployOptions, deployment
+from mpsl_flwr.ops.superlink import COMPLETED
 
 pytestmark = pytest.mark.e2e
 

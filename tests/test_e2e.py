@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mpsl_flwr.config import ConfigError
-from mpsl_flwr.launch import flwr_run, local_superlink
+from mpsl_flwr.ops.launch import flwr_run, local_superlink
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ def test_sigterm_runs_finally_blocks():
     code = textwrap.dedent(
         """
         import os, signal, time
-        from mpsl_flwr.processes import sigterm_raises_exit
+        from mpsl_flwr.ops.processes import sigterm_raises_exit
         with sigterm_raises_exit():
             try:
                 os.kill(os.getpid(), signal.SIGTERM)

@@ -72,7 +72,7 @@ def test_fedavg_traffic_is_the_trainable_arrays_once_each_way(tiny):
 
 def test_sweep_extrapolation_matches_a_real_epoch(tiny):
     """The Figure-3 sweep's scaling from two short probes predicts a longer real epoch."""
-    from mpsl_flwr.traffic_sweep import measure_size, probe_config
+    from mpsl_flwr.tools.traffic_sweep import measure_size, probe_config
 
     base = tiny(checkpoint_every=0)
     real = mpsl_rows(probe_config(base, "tiny", "mpsl", NODES, 5))[2][0]
@@ -82,7 +82,7 @@ def test_sweep_extrapolation_matches_a_real_epoch(tiny):
 
 
 def test_cost_table_rows_and_ratios(tiny):
-    from mpsl_flwr.cost_table import cost_rows, ratio_lines
+    from mpsl_flwr.tools.cost_table import cost_rows, ratio_lines
 
     rows = cost_rows(tiny(encoder_depth=2), ["tiny"], ["mpsl", "fedavg", "lw-fedmml"], 4)
     assert [r["strategy"] for r in rows] == ["mpsl", "fedavg", "lw-fedmml"]

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-from pathlib import Path
 from typing import Any
 
-from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
+from mpsl_flwr.config import RunConfig, resolve_config
 from mpsl_flwr.costs import measure
 from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
-from mpsl_flwr.launch import PROJECT_DIR
-from mpsl_flwr.models.sizes import ENCODER_SIZES
-from mpsl_flwr.registry import STRATEGIES, strategy_spec
+from mpsl_flwr.registry import strategy_spec
 from mpsl_flwr.staging import StageSchedule
 
 COLUMNS = (
@@ -101,15 +98,9 @@ def markdown(rows: list[dict]) -> str:
     return head + "".join("| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |\n" for r in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mpsl-costs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    parser.add_argument("--nodes", type=int, default=10, help="clients sharing the global batch")
-    parser.add_argument("--run-config", default="", help="'key=value ...' (dataset, image-size..)")
-    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "costs")
-    args = parser.parse_args(argv)
-    base = resolve_config(parse_overrides([args.run_config]) if args.run_config else {})
+def run(args: argparse.Namespace) -> int:
+    """``mpsl-costs`` with the arguments :func:`mpsl_flwr.cli.costs` parsed."""
+    base = resolve_config(args.overrides)
     rows = cost_rows(base, args.sizes, args.strategies, args.nodes)
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "costs.csv").open("w", newline="") as f:
@@ -126,7 +117,3 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"Wrote {args.out / 'costs.csv'} and {args.out / 'costs.md'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

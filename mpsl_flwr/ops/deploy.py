@@ -1,6 +1,6 @@
 """Run the app on a real Flower deployment on loopback: one SuperLink, N SuperNodes.
 
-Unlike :mod:`mpsl_flwr.launch` (a simulation SuperLink with virtual nodes), this starts
+Unlike :mod:`mpsl_flwr.ops.launch` (a simulation SuperLink with virtual nodes), this starts
 a ``flower-superlink`` in deployment mode and ``N`` separate ``flower-supernode``
 processes, each with its ``partition-id``/``num-partitions`` node config, all on free
 ports of 127.0.0.1 and each under its own ``FLWR_HOME``. It writes a SuperLink
@@ -20,40 +20,41 @@ Variants (see docs/deployment.md):
   nodes are refused.
 
     mpsl-deploy --nodes 2 --tls --auth --run-config "epochs=1 synthetic-train-size=64"
+
+The SuperLink is the :class:`mpsl_flwr.ops.superlink.SuperLink` that ``mpsl-run`` uses
+too, in deployment mode; the command line is :func:`mpsl_flwr.cli.deploy`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import shutil
 import signal
-import ssl
 import sys
 import tempfile
-import textwrap
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mpsl_flwr import flower_patches
-from mpsl_flwr.certs import NodeKey, TlsFiles, make_node_key, make_tls
-from mpsl_flwr.config import parse_overrides, resolve_config
-from mpsl_flwr.launch import PROJECT_DIR, FlwrCli, RunOutcome, flwr_run, report
-from mpsl_flwr.processes import (
+from mpsl_flwr.config import resolve_config
+from mpsl_flwr.ops import fast_flower, flower_patches
+from mpsl_flwr.ops.certs import NodeKey, TlsFiles, make_node_key, make_tls
+from mpsl_flwr.ops.launch import flwr_run, report
+from mpsl_flwr.ops.processes import (
     ManagedProcess,
     executable,
     free_port,
     sigterm_raises_exit,
     wait_for,
 )
+from mpsl_flwr.ops.runs import RunOutcome
+from mpsl_flwr.ops.superlink import FlwrCli, SuperLink, flower_env
+from mpsl_flwr.project import PROJECT_DIR
 
 CONNECTION = "mpsl-deploy"
-CODE_DIR = Path(__file__).resolve().parent.parent
 
 FAST: dict[str, Any] = {"warm_clientapp": True, "node_poll": 0.2, "object_pull_backoff": 0.02}
 """``mpsl-deploy --fast``: the three latency cuts of docs/deployment.md, as DeployOptions."""
@@ -104,15 +105,23 @@ class SuperNode:
 
 @dataclass
 class Deployment(FlwrCli):
-    """A SuperLink and its SuperNodes on loopback, owned by this process."""
+    """A SuperLink (:attr:`link`) and its SuperNodes on loopback, owned by this process;
+    its ``flwr`` commands go to connection ``mpsl-deploy`` in the SuperLink's FLWR_HOME."""
 
     options: DeployOptions
     workdir: Path
     connection: str | None = CONNECTION
-    port: int = field(default_factory=free_port)
-    tls: TlsFiles | None = None
-    superlink: ManagedProcess | None = None
     supernodes: list[SuperNode] = field(default_factory=list)
+    link: SuperLink = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.link = SuperLink(
+            self.cli_home,
+            auth=self.options.auth,
+            settings=self._settings(),
+            bin_dirs=(self.wrapper_dir,) if self.options.object_pull_backoff is not None else (),
+            log_path=self.workdir / "logs" / "superlink.log",
+        )
 
     # ------------------------------------------------------------------ env
     @property
@@ -121,96 +130,60 @@ class Deployment(FlwrCli):
         return self.workdir / "superlink"
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def wrapper_dir(self) -> Path:
+        """Where the patched ``flwr-serverapp`` goes (first on the SuperLink's PATH)."""
+        return self.workdir / "bin"
 
-    def _env(self, flwr_home: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            FLWR_HOME=str(flwr_home),
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            PYTHONUNBUFFERED="1",
-            # SuperLink and SuperNode spawn flower-superexec, flwr-serverapp and
-            # flwr-clientapp by name: find this environment's first.
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        )
-        for key in (flower_patches.SUPERNODE_POLL_ENV, flower_patches.OBJECT_PULL_BACKOFF_ENV):
-            env.pop(key, None)
-        if self.options.object_pull_backoff is not None:
-            env[flower_patches.OBJECT_PULL_BACKOFF_ENV] = str(self.options.object_pull_backoff)
-        env.pop(SUPEREXEC_POLL_ENV, None)
-        if self.options.superexec_poll_interval is not None:
-            env[SUPEREXEC_POLL_ENV] = str(self.options.superexec_poll_interval)
-        # Our helper entry points (mpsl_flwr.warm_clientapp, .fast_supernode) must come
-        # from this checkout; the app itself is imported from the FAB, which Flower puts
-        # first on sys.path.
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(CODE_DIR), os.environ.get("PYTHONPATH", "")) if p
-        )
-        # A stray FLWR_LOCAL_* must not send the CLI to some other SuperLink.
-        for key in ("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT"):
-            env.pop(key, None)
-        return env
+    @property
+    def port(self) -> int:
+        return self.link.port
+
+    @property
+    def address(self) -> str:
+        return self.link.address
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        return self.link.tls
+
+    @tls.setter
+    def tls(self, files: TlsFiles | None) -> None:
+        self.link.tls = files
+
+    @property
+    def superlink(self) -> ManagedProcess | None:
+        """The ``flower-superlink`` process, once started."""
+        return self.link.process
+
+    def _settings(self) -> dict[str, str | None]:
+        """What this deployment's processes add to :func:`flower_env` (None: unset)."""
+        backoff = self.options.object_pull_backoff
+        poll = self.options.superexec_poll_interval
+        return {
+            flower_patches.SUPERNODE_POLL_ENV: None,  # per SuperNode, see start_supernode
+            flower_patches.OBJECT_PULL_BACKOFF_ENV: None if backoff is None else str(backoff),
+            SUPEREXEC_POLL_ENV: None if poll is None else str(poll),
+            # Our helper entry points (mpsl_flwr.ops.warm_clientapp, .fast_flower) must
+            # come from this checkout; the app itself is imported from the FAB, which
+            # Flower puts first on sys.path.
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
 
     @property
     def env(self) -> dict[str, str]:  # type: ignore[override]
         """Environment of the ``flwr`` CLI commands run against this deployment."""
-        return self._env(self.cli_home)
-
-    def _tls_args(self, client: bool) -> list[str]:
-        if self.tls is None:
-            return ["--insecure"]
-        if client:
-            return ["--root-certificates", str(self.tls.ca_cert)]
-        return [
-            "--ssl-ca-certfile",
-            str(self.tls.ca_cert),
-            "--ssl-certfile",
-            str(self.tls.server_cert),
-            "--ssl-keyfile",
-            str(self.tls.server_key),
-        ]
+        return self.link.env
 
     # ------------------------------------------------------------------ superlink
     def start_superlink(self) -> None:
         if self.options.tls:
             self.tls = make_tls(self.workdir / "tls")
-        cmd = [
-            executable("flower-superlink"),
-            *self._tls_args(client=False),
-            "--isolation",
-            "subprocess",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--disable-runtime-dependency-installation",
-        ]
-        if self.options.auth:
-            cmd.append("--enable-supernode-auth")
-        self.cli_home.mkdir(parents=True, exist_ok=True)
-        self.superlink = ManagedProcess(
-            "flower-superlink", cmd, self.env, self.workdir / "logs" / "superlink.log"
-        ).start()
-        wait_for(
-            self._healthy,
-            self.options.startup_timeout,
-            f"the SuperLink to answer on https?://{self.address}/health",
-            watch=[self.superlink],
-        )
+        if self.options.object_pull_backoff is not None:
+            fast_flower.write_wrapper(self.wrapper_dir, "flwr-serverapp")
+        self.link.start(self.options.startup_timeout)
         self.write_connection()
-
-    def _healthy(self) -> bool:
-        scheme = "https" if self.tls else "http"
-        context = ssl.create_default_context(cafile=str(self.tls.ca_cert)) if self.tls else None
-        try:
-            with urllib.request.urlopen(
-                f"{scheme}://{self.address}/health", timeout=0.5, context=context
-            ) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
 
     def write_connection(self) -> Path:
         """Write the CLI's config.toml (Flower 1.41 format) with our connection as default.
@@ -275,16 +248,16 @@ class Deployment(FlwrCli):
         home.mkdir(parents=True, exist_ok=True)
         runtime_port = free_port()
         warm = self.options.warm_clientapp
-        env = self._env(home)
+        env = flower_env(home, self._settings())
         if self.options.node_poll is None and self.options.object_pull_backoff is None:
             supernode = [executable("flower-supernode")]
         else:  # Flower's flower-supernode, with the patches env asks for
-            supernode = [sys.executable, "-m", "mpsl_flwr.fast_supernode"]
+            supernode = [sys.executable, "-m", "mpsl_flwr.ops.fast_flower", "flower-supernode"]
         if self.options.node_poll is not None:
             env[flower_patches.SUPERNODE_POLL_ENV] = str(self.options.node_poll)
         cmd = [
             *supernode,
-            *self._tls_args(client=True),
+            *self.link.tls_args(client=True),
             "--superlink",
             self.address,
             "--host",
@@ -314,7 +287,7 @@ class Deployment(FlwrCli):
             executor_cmd = [
                 sys.executable,
                 "-m",
-                "mpsl_flwr.warm_clientapp",
+                "mpsl_flwr.ops.warm_clientapp",
                 "--runtime-api-address",
                 f"127.0.0.1:{runtime_port}",
                 "--parent-pid",
@@ -353,11 +326,7 @@ class Deployment(FlwrCli):
 
     def check_alive(self) -> None:
         for proc in self._required():
-            if not proc.running():
-                raise RuntimeError(
-                    f"{proc.name} exited with code {proc.returncode()}; its log "
-                    f"({proc.log_path}) ends with:\n{proc.log_tail()}"
-                )
+            proc.check_alive()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -407,11 +376,6 @@ def deployment(options: DeployOptions, keep_workdir: bool = False) -> Iterator[D
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _pick(value: float | None, fast_value: Any, fast: bool) -> float | None:
-    """An explicit value wins; else ``fast_value`` under --fast; else Flower's default."""
-    return value if value is not None else fast_value if fast else None
-
-
 def _interrupt_on_signals() -> None:
     """SIGINT and SIGTERM raise KeyboardInterrupt, so that every process gets stopped
     (also when started in the background, where a shell leaves SIGINT ignored)."""
@@ -423,93 +387,25 @@ def _interrupt_on_signals() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mpsl-deploy",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.dedent(
-            """
-            examples:
-              mpsl-deploy --nodes 2
-              mpsl-deploy --nodes 3 --tls --auth --run-config "epochs=1 batch-size=32"
-            """
-        ),
-    )
-    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes (= data partitions)")
-    parser.add_argument("--tls", action="store_true", help="HTTPS with a generated test CA")
-    parser.add_argument(
-        "--auth", action="store_true", help="SuperNode authentication (implies --tls)"
-    )
-    parser.add_argument(
-        "--run-config", default="", help="overrides, 'key=value ...' as for flwr run"
-    )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where FLWR_HOMEs, certificates, keys and logs go (default: a temporary dir, "
-        "removed afterwards unless --keep-workdir)",
-    )
-    parser.add_argument("--keep-workdir", action="store_true")
-    parser.add_argument(
-        "--superexec-poll",
-        type=float,
-        default=0.1,
-        help=f"seconds between SuperExec task polls ({SUPEREXEC_POLL_ENV}; Flower: 1.0)",
-    )
-    parser.add_argument(
-        "--warm-clientapp",
-        action="store_true",
-        help="SuperNodes in --isolation process, each served by one long-lived ClientApp "
-        "process (mpsl_flwr.warm_clientapp) instead of a new process per message",
-    )
-    parser.add_argument(
-        "--node-poll",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="cap the SuperNode's idle poll (Flower 1.41: a fixed 3 s) by running it "
-        "through mpsl_flwr.fast_supernode, an opt-in patch; e.g. 0.2",
-    )
-    parser.add_argument(
-        "--object-pull-backoff",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="first retry of a message payload still being uploaded (Flower 1.41: 1 s), "
-        "in the ServerApp, SuperNodes and ClientApp executors; opt-in patch; e.g. 0.02",
-    )
-    parser.add_argument(
-        "--fast",
-        action="store_true",
-        help="shorthand for --warm-clientapp --node-poll 0.2 --object-pull-backoff 0.02",
-    )
-    parser.add_argument("--timeout", type=float, default=3600.0, help="run timeout, seconds")
-    parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
-    args = parser.parse_args(argv)
-    overrides = parse_overrides([args.run_config]) if args.run_config else {}
-    resolve_config(overrides, args.app_dir)  # fail fast on a bad key, before any process
-    options = DeployOptions(
-        nodes=args.nodes,
-        tls=args.tls or args.auth,
-        auth=args.auth,
-        workdir=args.workdir,
-        superexec_poll_interval=args.superexec_poll,
-        warm_clientapp=args.warm_clientapp or args.fast,
-        node_poll=_pick(args.node_poll, FAST["node_poll"], args.fast),
-        object_pull_backoff=_pick(args.object_pull_backoff, FAST["object_pull_backoff"], args.fast),
-    )
+def main(
+    options: DeployOptions,
+    overrides: dict[str, Any],
+    app_dir: Path = PROJECT_DIR,
+    timeout: float = 3600.0,
+    keep_workdir: bool = False,
+) -> int:
+    """``mpsl-deploy`` (arguments parsed by :func:`mpsl_flwr.cli.deploy`): the exit code."""
+    resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
     _interrupt_on_signals()
     try:
-        with deployment(options, keep_workdir=args.keep_workdir) as dep:
+        with deployment(options, keep_workdir=keep_workdir) as dep:
             kind = "TLS + node auth" if options.auth else "TLS" if options.tls else "insecure"
             print(
                 f"SuperLink on {dep.address} ({kind}), {options.nodes} SuperNodes online; "
                 f"connection '{CONNECTION}' in {dep.cli_home / 'config.toml'}",
                 flush=True,
             )
-            outcome = dep.run(overrides, app_dir=args.app_dir, timeout=args.timeout)
+            outcome = dep.run(overrides, app_dir=app_dir, timeout=timeout)
             logs = dep.workdir / "logs"
     except KeyboardInterrupt as err:
         print(f"\nInterrupted ({err}); the run was stopped and every process ended.")
@@ -518,7 +414,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmpsl-deploy failed: {err}", file=sys.stderr)
         return 1
     return report(outcome, f"see the logs in {logs}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,7 @@ interpreter takes the executor down (the SuperNode then sees the task expire). I
 uses Flower 1.41 internals (``RuntimeHttpClient``, ``flwr.supernode.runtime.
 run_clientapp``) and refuses to start on another Flower minor version.
 
-    python -m mpsl_flwr.warm_clientapp --runtime-api-address 127.0.0.1:9094 --parent-pid N
+    python -m mpsl_flwr.ops.warm_clientapp --runtime-api-address 127.0.0.1:9094 --parent-pid N
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import flwr
 from flwr.app import Error, Message
 from flwr.cli.install import install_from_fab
 from flwr.clientapp.client_app import ClientApp, LoadClientAppError
@@ -58,11 +57,9 @@ from flwr.supernode.runtime.run_clientapp import (
     push_task_output,
 )
 
-from mpsl_flwr import flower_patches
+from mpsl_flwr.ops import flower_patches
 
 log = logging.getLogger("mpsl_flwr.warm_clientapp")
-
-SUPPORTED_FLWR = "1.41."
 
 
 def _client(address: str, token: str | None = None) -> RuntimeHttpClient:
@@ -212,12 +209,14 @@ class WarmExecutor:
         log.warning("Restarting the executor to load the new FAB")
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "mpsl_flwr.warm_clientapp", *sys.argv[1:]])
+        os.execv(
+            sys.executable, [sys.executable, "-m", "mpsl_flwr.ops.warm_clientapp", *sys.argv[1:]]
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mpsl_flwr.warm_clientapp", description=__doc__.split("\n\n")[0]
+        prog="python -m mpsl_flwr.ops.warm_clientapp", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--runtime-api-address", required=True, help="SuperNode Runtime API")
     parser.add_argument("--poll", type=float, default=0.05, help="seconds between task polls")
@@ -231,12 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    if not flwr.__version__.startswith(SUPPORTED_FLWR):
-        print(
-            f"mpsl_flwr.warm_clientapp relies on Flower {SUPPORTED_FLWR}x internals; this is "
-            f"flwr {flwr.__version__}. Run the SuperNode with --isolation subprocess instead.",
-            file=sys.stderr,
+    try:
+        flower_patches.check_flwr_version(
+            "mpsl_flwr.ops.warm_clientapp relies on the internals of",
+            "Run the SuperNode with --isolation subprocess instead.",
         )
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
         return 2
     flower_patches.apply_from_env()
     if args.parent_pid is not None:

@@ -35,12 +35,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from clients.client_app import app as client_app
-from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
+from mpsl_flwr.config import RunConfig, resolve_config
 from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
-from mpsl_flwr.launch import PROJECT_DIR
 from mpsl_flwr.local_grid import LocalGrid
-from mpsl_flwr.models.sizes import ENCODER_SIZES
 from mpsl_flwr.protocol import TrafficMeter
 from mpsl_flwr.registry import STRATEGIES as REGISTRY
 from mpsl_flwr.registry import strategy_spec
@@ -139,26 +137,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mpsl-traffic-sweep", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    parser.add_argument("--nodes", type=int, default=10)
-    parser.add_argument(
-        "--samples-per-client",
-        type=float,
-        default=0.0,
-        help="training samples per client per epoch (default: the train split / nodes)",
-    )
-    parser.add_argument("--run-config", default="", help="'key=value ...' (dataset, image-size)")
-    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "traffic")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``mpsl-traffic-sweep`` with the arguments :func:`mpsl_flwr.cli.traffic_sweep` parsed."""
     # The probe runs' own logs (and FedAvg's note on skipped evaluation) would bury the table.
     logging.getLogger("mpsl_flwr").setLevel(logging.WARNING)
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    base = resolve_config(parse_overrides([args.run_config]) if args.run_config else {})
+    base = resolve_config(args.overrides)
     samples = args.samples_per_client or len(Experiment.from_config(base).train_set()) / args.nodes
     rows = []
     for size in args.sizes:
@@ -187,7 +171,3 @@ def main(argv: list[str] | None = None) -> int:
     print(crossover(rows))
     print(f"Wrote {args.out / 'traffic.csv'} and {args.out / 'traffic.png'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -114,6 +114,14 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
+    def check_alive(self) -> None:
+        """Raise, naming the process and quoting the end of its log, if it has exited."""
+        if not self.running():
+            raise RuntimeError(
+                f"{self.name} exited with code {self.returncode()}; its log "
+                f"({self.log_path}) ends with:\n{self.log_tail()}"
+            )
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

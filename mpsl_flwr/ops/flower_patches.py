@@ -23,7 +23,12 @@ silently changing timing.
    (``flwr.supercore.inflatable.inflatable_utils``; used by the SuperNode, the
    ServerApp's HTTP grid and the ClientApp). It is applied in a process whose env has
    ``MPSL_OBJECT_PULL_BACKOFF`` (see :func:`apply_from_env`), which ``mpsl-deploy --fast``
-   sets for the SuperLink (and so its ServerApp) and the SuperNodes.
+   sets for the SuperLink (and so its ServerApp) and the SuperNodes. The SuperNodes and
+   the ServerApp are started through :mod:`mpsl_flwr.ops.fast_flower`, the ClientApp
+   executors are :mod:`mpsl_flwr.ops.warm_clientapp`; the app itself never imports this.
+
+:func:`check_flwr_version` is the one check of the installed Flower against the 1.41
+internals that these patches and the warm executor rely on.
 """
 
 from __future__ import annotations
@@ -43,13 +48,21 @@ SUPERNODE_POLL_ENV = "MPSL_SUPERNODE_POLL"
 OBJECT_PULL_BACKOFF_ENV = "MPSL_OBJECT_PULL_BACKOFF"
 
 
-def _check_version(what: str) -> None:
+def check_flwr_version(what: str, instead: str) -> None:
+    """Raise unless the installed Flower is :data:`SUPPORTED_FLWR`: ``what`` (e.g. "The
+    SuperNode poll patch patches") relies on its internals; ``instead`` says what to do."""
     if not flwr.__version__.startswith(SUPPORTED_FLWR):
         raise RuntimeError(
-            f"{what} patches Flower {SUPPORTED_FLWR}x; this is flwr {flwr.__version__}. "
-            f"Run without it (unset {SUPERNODE_POLL_ENV}/{OBJECT_PULL_BACKOFF_ENV}, "
-            "drop --fast/--node-poll)."
+            f"{what} Flower {SUPPORTED_FLWR}x; this is flwr {flwr.__version__}. {instead}"
         )
+
+
+def _check_version(what: str) -> None:
+    check_flwr_version(
+        f"{what} patches",
+        f"Run without it (unset {SUPERNODE_POLL_ENV}/{OBJECT_PULL_BACKOFF_ENV}, "
+        "drop --fast/--node-poll).",
+    )
 
 
 def cap_supernode_sleeps(poll: float) -> None:

@@ -4,7 +4,7 @@
         --run-config "dataset=synthetic-vqa epochs=4" --out outputs/compare
 
 Every federated strategy runs as a real ``flwr run`` simulation on one private
-SuperLink (see :mod:`mpsl_flwr.launch`); centralized training runs in this process
+SuperLink (see :mod:`mpsl_flwr.ops.launch`); centralized training runs in this process
 through the same entry point and writes the same files. The command writes to ``--out``:
 
 * ``table.md`` and ``table.csv``: per strategy, mean ± std over seeds of the final test
@@ -21,19 +21,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mpsl_flwr.config import RunConfig, parse_overrides, resolve_config
+from mpsl_flwr.config import RunConfig, resolve_config
 from mpsl_flwr.costs import run_costs
 from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
-from mpsl_flwr.launch import PROJECT_DIR, flwr_run, local_superlink
-from mpsl_flwr.registry import STRATEGIES, strategy_spec
+from mpsl_flwr.ops.launch import flwr_run, local_superlink
+from mpsl_flwr.project import PROJECT_DIR
+from mpsl_flwr.registry import strategy_spec
 
 
 def rounds_to_fraction_of_peak(curve: list[float], fraction: float = 0.95) -> int:
@@ -193,21 +193,9 @@ def plot_curves(curves: dict[str, dict[str, Any]], path: Path, title: str) -> No
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mpsl-compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--nodes", type=int, default=10)
-    parser.add_argument("--run-config", default="", help="'key=value ...' shared by all runs")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
-    args = parser.parse_args(argv)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = sorted(set(strategies) - set(STRATEGIES))
-    if unknown:
-        parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    overrides = parse_overrides([args.run_config]) if args.run_config else {}
+def run(args: argparse.Namespace) -> int:
+    """``mpsl-compare`` with the arguments :func:`mpsl_flwr.cli.compare` parsed."""
+    strategies, seeds, overrides = args.strategies, args.seeds, args.overrides
     base = resolve_config(overrides, PROJECT_DIR)  # fail fast on a bad key
     out = (
         args.out
@@ -219,9 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     records = run_all(strategies, seeds, args.nodes, overrides, out, args.timeout)
     rows, curves = summarise(records, overrides, args.nodes)
     table = write_table(rows, out)
-    title = (
-        f"{base.dataset}, {args.nodes} clients, alpha={base.dirichlet_alpha}, seeds {args.seeds}"
-    )
+    seed_list = ",".join(map(str, seeds))
+    title = f"{base.dataset}, {args.nodes} clients, alpha={base.dirichlet_alpha}, seeds {seed_list}"
     if curves:
         plot_curves(curves, out / "curves.png", title)
     (out / "comparison.json").write_text(
@@ -241,7 +228,3 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     print(f"Wall time {time.time() - t0:.0f}s. Written: {out}/table.md, table.csv, curves.png")
     return 0 if all(r["status"].endswith("completed") for r in records) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -61,15 +61,8 @@ def plot_partitions(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: run-config ``key=value`` overrides plus partition count and output."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. dataset=meld")
-    parser.add_argument("--num-partitions", type=int, required=True, help="number of clients")
-    parser.add_argument("--out", default="partitions.png", help="output PNG path")
-    parser.add_argument("--plot-type", choices=("bar", "heatmap"), default="bar")
-    parser.add_argument("--size-unit", choices=("absolute", "percent"), default="absolute")
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """``mpsl-partition-plot`` with the arguments :func:`mpsl_flwr.cli.partition_plot` parsed."""
     cfg = resolve_config(_quote_bare_strings(args.overrides))
     path = plot_partitions(cfg, args.num_partitions, args.out, args.plot_type, args.size_unit)
     print(f"Wrote {path}")
@@ -88,7 +81,3 @@ def _quote_bare_strings(items: list[str]) -> list[str]:
                 item = f"{key}={json.dumps(value)}"
         out.append(item)
     return out
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,294 @@
+"""The command lines of the project: argument parsing of every installed command.
+
+=======================  ==============================  ===============================
+command                  here                            does the work
+=======================  ==============================  ===============================
+``mpsl-run``             :func:`run`                     :mod:`mpsl_flwr.ops.launch`
+``mpsl-deploy``          :func:`deploy`                  :mod:`mpsl_flwr.ops.deploy`
+``mpsl-compare``         :func:`compare`                 :mod:`mpsl_flwr.tools.compare`
+``mpsl-costs``           :func:`costs`                   :mod:`mpsl_flwr.tools.cost_table`
+``mpsl-traffic-sweep``   :func:`traffic_sweep`           :mod:`mpsl_flwr.tools.traffic_sweep`
+``mpsl-partition-plot``  :func:`partition_plot`          :mod:`mpsl_flwr.tools.partition_plot`
+``mpsl-centralized``     :func:`centralized`             :mod:`strategies.centralized`
+=======================  ==============================  ===============================
+
+Without the installed scripts, ``python -m mpsl_flwr.cli <command> [ARGS...]`` runs the
+same, e.g. ``python -m mpsl_flwr.cli run --nodes 10`` (``make run``). Each command
+imports only the module that does its work, when it runs, so that ``mpsl-run`` does
+not load torch for ``mpsl-costs``. A leaf: nothing in the app imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mpsl_flwr.config import parse_overrides
+from mpsl_flwr.project import PROJECT_DIR
+
+
+def _summary(doc: str | None) -> str:
+    """The first paragraph of a module docstring: a command's description."""
+    return (doc or "").split("\n\n")[0]
+
+
+def _overrides(run_config: str) -> dict[str, Any]:
+    """``--run-config 'key=value ...'`` as a dict (TOML values, as ``flwr run``)."""
+    return parse_overrides([run_config]) if run_config else {}
+
+
+def _run_config_arg(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--run-config", default="", help=text)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``mpsl-run``: one ``flwr run`` simulation on a private SuperLink."""
+    from mpsl_flwr.ops import launch
+
+    parser = argparse.ArgumentParser(prog="mpsl-run", description=_summary(launch.__doc__))
+    parser.add_argument("--nodes", type=int, default=10, help="simulated SuperNodes")
+    _run_config_arg(parser, "overrides, 'key=value ...' as for flwr run")
+    parser.add_argument("--cpus-per-client", type=float, default=1.0)
+    parser.add_argument("--gpus-per-client", type=float, default=0.0)
+    parser.add_argument(
+        "--flwr-home",
+        type=Path,
+        default=None,
+        help="FLWR_HOME of the private SuperLink (default: a temporary dir)",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
+    args = parser.parse_args(argv)
+    return launch.main(
+        _overrides(args.run_config),
+        args.nodes,
+        flwr_home=args.flwr_home,
+        app_dir=args.app_dir,
+        cpus_per_client=args.cpus_per_client,
+        gpus_per_client=args.gpus_per_client,
+        timeout=args.timeout,
+    )
+
+
+def _pick(value: float | None, fast_value: Any, fast: bool) -> float | None:
+    """An explicit value wins; else ``fast_value`` under --fast; else Flower's default."""
+    return value if value is not None else fast_value if fast else None
+
+
+def deploy(argv: list[str] | None = None) -> int:
+    """``mpsl-deploy``: a real SuperLink and SuperNodes on loopback, one run."""
+    from mpsl_flwr.ops import deploy as ops_deploy
+    from mpsl_flwr.ops.deploy import FAST, SUPEREXEC_POLL_ENV, DeployOptions
+
+    parser = argparse.ArgumentParser(
+        prog="mpsl-deploy",
+        description=_summary(ops_deploy.__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """
+            examples:
+              mpsl-deploy --nodes 2
+              mpsl-deploy --nodes 3 --tls --auth --run-config "epochs=1 batch-size=32"
+            """
+        ),
+    )
+    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes (= data partitions)")
+    parser.add_argument("--tls", action="store_true", help="HTTPS with a generated test CA")
+    parser.add_argument(
+        "--auth", action="store_true", help="SuperNode authentication (implies --tls)"
+    )
+    _run_config_arg(parser, "overrides, 'key=value ...' as for flwr run")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where FLWR_HOMEs, certificates, keys and logs go (default: a temporary dir, "
+        "removed afterwards unless --keep-workdir)",
+    )
+    parser.add_argument("--keep-workdir", action="store_true")
+    parser.add_argument(
+        "--superexec-poll",
+        type=float,
+        default=0.1,
+        help=f"seconds between SuperExec task polls ({SUPEREXEC_POLL_ENV}; Flower: 1.0)",
+    )
+    parser.add_argument(
+        "--warm-clientapp",
+        action="store_true",
+        help="SuperNodes in --isolation process, each served by one long-lived ClientApp "
+        "process (mpsl_flwr.ops.warm_clientapp) instead of a new process per message",
+    )
+    parser.add_argument(
+        "--node-poll",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cap the SuperNode's idle poll (Flower 1.41: a fixed 3 s) by running it "
+        "through mpsl_flwr.ops.fast_flower, an opt-in patch; e.g. 0.2",
+    )
+    parser.add_argument(
+        "--object-pull-backoff",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first retry of a message payload still being uploaded (Flower 1.41: 1 s), "
+        "in the ServerApp, SuperNodes and ClientApp executors; opt-in patch; e.g. 0.02",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="shorthand for --warm-clientapp --node-poll 0.2 --object-pull-backoff 0.02",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="run timeout, seconds")
+    parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
+    args = parser.parse_args(argv)
+    overrides = _overrides(args.run_config)
+    options = DeployOptions(
+        nodes=args.nodes,
+        tls=args.tls or args.auth,
+        auth=args.auth,
+        workdir=args.workdir,
+        superexec_poll_interval=args.superexec_poll,
+        warm_clientapp=args.warm_clientapp or args.fast,
+        node_poll=_pick(args.node_poll, FAST["node_poll"], args.fast),
+        object_pull_backoff=_pick(args.object_pull_backoff, FAST["object_pull_backoff"], args.fast),
+    )
+    return ops_deploy.main(
+        options,
+        overrides,
+        app_dir=args.app_dir,
+        timeout=args.timeout,
+        keep_workdir=args.keep_workdir,
+    )
+
+
+def _comma_list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def compare(argv: list[str] | None = None) -> int:
+    """``mpsl-compare``: strategies side by side over seeds (the paper's Tables 1-2)."""
+    from mpsl_flwr.registry import STRATEGIES
+    from mpsl_flwr.tools import compare as tool
+
+    parser = argparse.ArgumentParser(prog="mpsl-compare", description=_summary(tool.__doc__))
+    parser.add_argument("--strategies", type=_comma_list, default=list(STRATEGIES))
+    parser.add_argument("--seeds", type=_int_list, default="0,1,2")
+    parser.add_argument("--nodes", type=int, default=10)
+    _run_config_arg(parser, "'key=value ...' shared by all runs")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.strategies) - set(STRATEGIES))
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    args.overrides = _overrides(args.run_config)
+    return tool.run(args)
+
+
+def costs(argv: list[str] | None = None) -> int:
+    """``mpsl-costs``: measured client and server compute per strategy and encoder size."""
+    from mpsl_flwr.models.sizes import ENCODER_SIZES
+    from mpsl_flwr.registry import STRATEGIES
+    from mpsl_flwr.tools import cost_table as tool
+
+    parser = argparse.ArgumentParser(prog="mpsl-costs", description=_summary(tool.__doc__))
+    parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
+    parser.add_argument(
+        "--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES)
+    )
+    parser.add_argument("--nodes", type=int, default=10, help="clients sharing the global batch")
+    _run_config_arg(parser, "'key=value ...' (dataset, image-size..)")
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "costs")
+    args = parser.parse_args(argv)
+    args.overrides = _overrides(args.run_config)
+    return tool.run(args)
+
+
+def traffic_sweep(argv: list[str] | None = None) -> int:
+    """``mpsl-traffic-sweep``: MB per client per epoch against encoder size (Figure 3)."""
+    from mpsl_flwr.models.sizes import ENCODER_SIZES
+    from mpsl_flwr.tools import traffic_sweep as tool
+
+    parser = argparse.ArgumentParser(prog="mpsl-traffic-sweep", description=_summary(tool.__doc__))
+    parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
+    parser.add_argument(
+        "--strategies", nargs="+", default=list(tool.STRATEGIES), choices=tool.STRATEGIES
+    )
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument(
+        "--samples-per-client",
+        type=float,
+        default=0.0,
+        help="training samples per client per epoch (default: the train split / nodes)",
+    )
+    _run_config_arg(parser, "'key=value ...' (dataset, image-size)")
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "traffic")
+    args = parser.parse_args(argv)
+    args.overrides = _overrides(args.run_config)
+    return tool.run(args)
+
+
+def partition_plot(argv: list[str] | None = None) -> None:
+    """``mpsl-partition-plot``: run-config ``key=value`` overrides plus partition count
+    and output."""
+    from mpsl_flwr.tools import partition_plot as tool
+
+    parser = argparse.ArgumentParser(
+        prog="mpsl-partition-plot", description=(tool.__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. dataset=meld")
+    parser.add_argument("--num-partitions", type=int, required=True, help="number of clients")
+    parser.add_argument("--out", default="partitions.png", help="output PNG path")
+    parser.add_argument("--plot-type", choices=("bar", "heatmap"), default="bar")
+    parser.add_argument("--size-unit", choices=("absolute", "percent"), default="absolute")
+    tool.run(parser.parse_args(argv))
+
+
+def centralized(argv: list[str] | None = None) -> None:
+    """``mpsl-centralized [key=value ...]``: centralized training, the same keys as
+    ``flwr run``, no Flower at all."""
+    import strategies.centralized as module
+    from mpsl_flwr.config import resolve_config
+    from strategies.runner import run_experiment
+
+    parser = argparse.ArgumentParser(
+        prog="mpsl-centralized", description=(module.__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. epochs=2")
+    args = parser.parse_args(argv)
+    cfg = resolve_config(args.overrides).replace(strategy="centralized")
+    run_experiment(cfg, grid=None)
+
+
+COMMANDS: dict[str, Callable[[list[str] | None], int | None]] = {
+    "run": run,
+    "deploy": deploy,
+    "compare": compare,
+    "costs": costs,
+    "traffic-sweep": traffic_sweep,
+    "partition-plot": partition_plot,
+    "centralized": centralized,
+}
+"""``python -m mpsl_flwr.cli <command>``: the installed ``mpsl-<command>`` scripts."""
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    """``python -m mpsl_flwr.cli <command> [ARGS...]``."""
+    parser = argparse.ArgumentParser(prog="python -m mpsl_flwr.cli", description=_summary(__doc__))
+    parser.add_argument("command", choices=list(COMMANDS), help="mpsl-<command>")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (see --help)")
+    ns = parser.parse_args(argv)
+    return COMMANDS[ns.command](ns.args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

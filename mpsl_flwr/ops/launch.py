@@ -1,0 +1,214 @@
+"""Run the app under ``flwr run`` on a private, local SuperLink, and clean up after.
+
+``flwr run .`` on its own starts a background SuperLink on fixed ports (39091/39093)
+that outlives the run and is silently shared by every project on the machine, and that
+re-installs the app's dependencies on each run. This launcher instead starts its own
+``flower-superlink`` (simulation mode) on free ports, under its own ``FLWR_HOME`` and
+with runtime dependency installation off, submits the run, streams its logs, checks
+``finished:completed`` with ``flwr list``, prints the results table, and stops the
+SuperLink it started by process group, on success, failure or Ctrl-C.
+
+    mpsl-run --nodes 10 --run-config "epochs=3 dataset='synthetic-va'"
+
+The SuperLink is :class:`mpsl_flwr.ops.superlink.SuperLink` (shared with
+:mod:`mpsl_flwr.ops.deploy`); the run's name and directory are chosen by
+:mod:`mpsl_flwr.ops.runs`; the command line is :func:`mpsl_flwr.cli.run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mpsl_flwr.config import resolve_config
+from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
+from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, summary_status
+from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
+from mpsl_flwr.project import PROJECT_DIR
+from mpsl_flwr.results import SUMMARY, format_table
+
+__all__ = ["flwr_run", "local_superlink", "main", "report"]
+
+
+@contextlib.contextmanager
+def local_superlink(flwr_home: Path | None = None) -> Iterator[SuperLink]:
+    """A private simulation SuperLink for the duration of the ``with`` block."""
+    tmp = None
+    if flwr_home is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mpsl-flwr-home-")
+        flwr_home = Path(tmp.name)
+    link = SuperLink(flwr_home, simulation=True)
+    # The SuperLink runs in its own session: a SIGTERM that skipped ``finally`` would
+    # leave it orphaned on its ports.
+    with sigterm_raises_exit():
+        link.start()
+        try:
+            yield link
+        finally:
+            link.stop()
+            if tmp is not None:
+                tmp.cleanup()
+
+
+def flwr_run(
+    link: FlwrCli,
+    run_config: dict[str, Any],
+    num_supernodes: int | None,
+    app_dir: Path = PROJECT_DIR,
+    cpus_per_client: float = 1.0,
+    gpus_per_client: float = 0.0,
+    timeout: float = 3600.0,
+    stream: bool = True,
+    status_interval: float = 10.0,
+) -> RunOutcome:
+    """Submit one run with ``run_config`` overrides and wait for its end.
+
+    ``num_supernodes`` sizes a simulation; None submits to a deployment, whose nodes
+    are the SuperNodes connected to ``link``. Completion is confirmed with
+    ``flwr list``; as each call of the CLI costs about a second of CPU, it is asked every
+    ``status_interval`` seconds, and at once when the run's summary.json leaves
+    ``running``. The run is stopped if a process it needs dies (``link.check_alive``).
+    """
+    run_dir = choose_run_dir(run_config, app_dir)
+    overrides = {**run_config, "output-dir": str(run_dir.parent), "run-name": run_dir.name}
+    federation = []
+    if num_supernodes is not None:
+        federation = [
+            "--federation-config",
+            f"num-supernodes={num_supernodes} client-resources-num-cpus={_num(cpus_per_client)} "
+            f"client-resources-num-gpus={_num(gpus_per_client)}",
+        ]
+    t0 = time.time()
+    out = link.flwr(
+        "run",
+        str(app_dir),
+        *link.conn_args(),
+        "--format",
+        "json",
+        "--run-config",
+        _toml_pairs(overrides),
+        *federation,
+    )
+    answer = json.loads(out)
+    if "run-id" not in answer:
+        raise RuntimeError(f"flwr run did not start the run: {answer.get('error-message', answer)}")
+    run_id = int(answer["run-id"])
+    logs = None
+    if stream:
+        logs = subprocess.Popen(
+            [executable("flwr"), "log", str(run_id), *link.conn_args()], env=link.env
+        )
+    status = ""
+    try:
+        deadline = time.monotonic() + timeout
+        next_check = 0.0
+        while True:
+            now = time.monotonic()
+            if summary_status(run_dir) not in (None, "running"):
+                next_check = min(next_check, now)  # the ServerApp is done: confirm soon
+            if now >= next_check:
+                status = link.run_status(run_id)
+                if status.startswith("finished"):
+                    break
+                finishing = summary_status(run_dir) not in (None, "running")
+                next_check = now + (2.0 if finishing else status_interval)
+            try:
+                link.check_alive()
+            except RuntimeError as err:
+                with contextlib.suppress(Exception):
+                    link.flwr("stop", str(run_id), *link.conn_args())
+                status = f"aborted: {err}"
+                break
+            if now > deadline:
+                link.flwr("stop", str(run_id), *link.conn_args())
+                status = f"timeout after {timeout:.0f}s"
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            link.flwr("stop", str(run_id), *link.conn_args())
+        raise
+    finally:
+        if logs is not None:
+            try:
+                logs.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                logs.terminate()
+                logs.wait(timeout=5)
+    return RunOutcome(run_id, status, run_dir, time.time() - t0)
+
+
+def _num(x: float) -> int | float:
+    """Flower wants whole CPU/GPU counts as integers."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _toml_pairs(values: dict[str, Any]) -> str:
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        else:
+            text = repr(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def main(
+    overrides: dict[str, Any],
+    nodes: int,
+    flwr_home: Path | None = None,
+    app_dir: Path = PROJECT_DIR,
+    cpus_per_client: float = 1.0,
+    gpus_per_client: float = 0.0,
+    timeout: float = 3600.0,
+) -> int:
+    """``mpsl-run`` (arguments parsed by :func:`mpsl_flwr.cli.run`): the exit code."""
+    resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
+    with local_superlink(flwr_home) as link:
+        print(f"SuperLink on 127.0.0.1:{link.port} (FLWR_HOME={link.flwr_home})", flush=True)
+        outcome = flwr_run(
+            link,
+            overrides,
+            nodes,
+            app_dir=app_dir,
+            cpus_per_client=cpus_per_client,
+            gpus_per_client=gpus_per_client,
+            timeout=timeout,
+        )
+    return report(outcome, f"see {link.log_path} and the logs above")
+
+
+def report(outcome: RunOutcome, where_to_look: str) -> int:
+    """Print how a run ended and its results table; the process exit code."""
+    print(f"\nRun {outcome.run_id}: {outcome.status} in {outcome.wall_time_s:.0f}s", flush=True)
+    if not outcome.ok:
+        print(f"The run did not complete; {where_to_look}.", file=sys.stderr)
+        return 1
+    summary = outcome.summary()
+    cols = [
+        c
+        for c in (
+            "epoch",
+            "train-loss",
+            "test-accuracy",
+            "test-rsum",
+            "mb-up-per-client",
+            "mb-down-per-client",
+            "epoch-time-s",
+        )
+        if summary["history"] and c in summary["history"][0]
+    ]
+    print("\n" + format_table(summary["history"], cols))
+    print(f"\nResults: {outcome.run_dir}")
+    print(f"Summary: {outcome.run_dir / SUMMARY}")
+    return 0

@@ -1,0 +1,83 @@
+"""Run names and run directories, on the launcher's side of a ``flwr run``.
+
+A run writes ``<output-dir>/<run-name>/`` (its recorder, :mod:`mpsl_flwr.results`, in
+the ServerApp process). The launcher has to know that directory before the run starts,
+to read *this* run's ``summary.json`` and never an older one's, so it chooses the name
+itself and submits it: the configured ``run-name``, or the recorder's default
+``<strategy>-<dataset>-<size>-s<seed>-<time>``, made free with ``-2``, ``-3`` ... unless
+the run resumes, with the output directory made absolute (the ServerApp's working
+directory is not the launcher's). :func:`choose_run_dir` is that decision;
+:func:`read_summary` and :func:`summary_status` read what the run wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpsl_flwr.config import RunConfig, resolve_config
+from mpsl_flwr.ops.superlink import COMPLETED
+from mpsl_flwr.results import SUMMARY
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    """``<strategy>-<dataset>-<size>-s<seed>-<time>``: the recorder's default name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{stamp}"
+
+
+def free_run_name(output_dir: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3`` ... if taken: the name the run's recorder will
+    use too, so the launcher reads this run's summary and never an older one's."""
+    candidate, k = name, 1
+    while (output_dir / candidate).exists():
+        k += 1
+        candidate = f"{name}-{k}"
+    return candidate
+
+
+def choose_run_dir(run_config: Mapping[str, Any], app_dir: Path) -> Path:
+    """The directory a run with ``run_config`` overrides of ``app_dir``'s config will
+    write: submit it as ``output-dir=<parent> run-name=<name>``."""
+    cfg = resolve_config(dict(run_config), app_dir)
+    name = cfg.run_name or default_run_name(cfg)
+    output_dir = Path(cfg.output_dir).expanduser()
+    if not output_dir.is_absolute():
+        output_dir = Path.cwd() / output_dir
+    if not cfg.resume:
+        name = free_run_name(output_dir, name)
+    return output_dir / name
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's ``summary.json``."""
+    return json.loads((run_dir / SUMMARY).read_text())
+
+
+def summary_status(run_dir: Path) -> str | None:
+    """``status`` of the run's summary.json, or None while there is none to read."""
+    try:
+        return str(read_summary(run_dir).get("status"))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class RunOutcome:
+    """How a ``flwr run`` ended and where its results are."""
+
+    run_id: int
+    status: str
+    run_dir: Path
+    wall_time_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == COMPLETED
+
+    def summary(self) -> dict[str, Any]:
+        return read_summary(self.run_dir)
