@@ -9,11 +9,12 @@ taken name gets a ``-2``, ``-3`` ... suffix.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +38,32 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def default_run_name(cfg: RunConfig) -> str:
+    """``<strategy>-<dataset>-<size>-s<seed>-<time>``: the name of a run without ``run-name``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{stamp}"
+
+
+def run_name_candidates(name: str) -> Iterator[str]:
+    """``name``, ``name-2``, ``name-3`` ...: the names a new run tries, in order."""
+    yield name
+    for k in itertools.count(2):
+        yield f"{name}-{k}"
+
+
 def new_run_dir(root: Path, name: str) -> Path:
     """Create and return a fresh directory ``root/name`` (suffixed if taken)."""
     root.mkdir(parents=True, exist_ok=True)
-    candidate, k = root / name, 1
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            k += 1
-            candidate = root / f"{name}-{k}"
+    return next(root / c for c in run_name_candidates(name) if _made(root / c))
+
+
+def _made(path: Path) -> bool:
+    """Create ``path``; False if it exists already (atomic: two runs never share one)."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return False
+    return True
 
 
 class RunRecorder:
@@ -64,8 +80,7 @@ class RunRecorder:
         self.cfg = cfg
         self.headline = headline
         out = cfg.output
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = out.run_name or f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{stamp}"
+        name = out.run_name or default_run_name(cfg)
         root = Path(out.output_dir).expanduser().resolve()
         if out.resume:
             self.dir = root / name

@@ -13,31 +13,20 @@ directory is not the launcher's). :func:`choose_run_dir` is that decision;
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpsl_flwr.config import RunConfig, resolve_config
+from mpsl_flwr.config import resolve_config
 from mpsl_flwr.ops.superlink import COMPLETED
-from mpsl_flwr.results import SUMMARY
-
-
-def default_run_name(cfg: RunConfig) -> str:
-    """``<strategy>-<dataset>-<size>-s<seed>-<time>``: the recorder's default name."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.strategy}-{cfg.dataset}-{cfg.model_size}-s{cfg.seed}-{stamp}"
+from mpsl_flwr.results import SUMMARY, default_run_name, run_name_candidates
 
 
 def free_run_name(output_dir: Path, name: str) -> str:
     """``name``, or ``name-2``, ``name-3`` ... if taken: the name the run's recorder will
     use too, so the launcher reads this run's summary and never an older one's."""
-    candidate, k = name, 1
-    while (output_dir / candidate).exists():
-        k += 1
-        candidate = f"{name}-{k}"
-    return candidate
+    return next(c for c in run_name_candidates(name) if not (output_dir / c).exists())
 
 
 def choose_run_dir(run_config: Mapping[str, Any], app_dir: Path) -> Path:
