@@ -194,18 +194,22 @@ def compare(argv: list[str] | None = None) -> int:
     return tool.run(args)
 
 
+def _sweep_args(parser: argparse.ArgumentParser, strategies: list[str], nodes_help: str) -> None:
+    """``--sizes``, ``--strategies`` and ``--nodes`` of a sweep over encoder sizes."""
+    from mpsl_flwr.models.sizes import ENCODER_SIZES
+
+    parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
+    parser.add_argument("--strategies", nargs="+", default=strategies, choices=strategies)
+    parser.add_argument("--nodes", type=int, default=10, help=nodes_help)
+
+
 def costs(argv: list[str] | None = None) -> int:
     """``mpsl-costs``: measured client and server compute per strategy and encoder size."""
-    from mpsl_flwr.models.sizes import ENCODER_SIZES
     from mpsl_flwr.registry import STRATEGIES
     from mpsl_flwr.tools import cost_table as tool
 
     parser = argparse.ArgumentParser(prog="mpsl-costs", description=_summary(tool.__doc__))
-    parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
-    parser.add_argument(
-        "--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES)
-    )
-    parser.add_argument("--nodes", type=int, default=10, help="clients sharing the global batch")
+    _sweep_args(parser, list(STRATEGIES), "clients sharing the global batch")
     _run_config_arg(parser, "'key=value ...' (dataset, image-size..)")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "costs")
     args = parser.parse_args(argv)
@@ -215,15 +219,10 @@ def costs(argv: list[str] | None = None) -> int:
 
 def traffic_sweep(argv: list[str] | None = None) -> int:
     """``mpsl-traffic-sweep``: MB per client per epoch against encoder size (Figure 3)."""
-    from mpsl_flwr.models.sizes import ENCODER_SIZES
     from mpsl_flwr.tools import traffic_sweep as tool
 
     parser = argparse.ArgumentParser(prog="mpsl-traffic-sweep", description=_summary(tool.__doc__))
-    parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
-    parser.add_argument(
-        "--strategies", nargs="+", default=list(tool.STRATEGIES), choices=tool.STRATEGIES
-    )
-    parser.add_argument("--nodes", type=int, default=10)
+    _sweep_args(parser, list(tool.STRATEGIES), "clients")
     parser.add_argument(
         "--samples-per-client",
         type=float,
