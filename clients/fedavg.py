@@ -22,7 +22,7 @@ from mpsl_flwr.data.partition import client_batch_size, client_seed, steps_per_e
 from mpsl_flwr.models.split_model import trainable_state
 from mpsl_flwr.optim import make_optimizer, scheduled_lr
 from mpsl_flwr.staging import FROZEN
-from mpsl_flwr.state import load_optimizer, save_optimizer, to_array_record
+from mpsl_flwr.state import load_optimizer, record_of, save_optimizer, to_array_record
 from mpsl_flwr.trainer import train_epoch
 
 
@@ -36,11 +36,14 @@ def frozen_blocks(msg: Message, state: RecordDict, stage: int | None) -> ArrayRe
     if stage is None:
         return None
     if FROZEN in msg.content:
-        state[FROZEN] = msg.content[FROZEN]
+        frozen = record_of(msg.content, FROZEN, ArrayRecord)
+        state[FROZEN] = frozen
         state[FROZEN + ".stage"] = ConfigRecord({"stage": stage})
-        return msg.content[FROZEN]
-    if FROZEN in state and int(state[FROZEN + ".stage"]["stage"]) == stage:  # type: ignore[arg-type]
-        return state[FROZEN]  # type: ignore[return-value]
+        return frozen
+    if FROZEN in state:
+        kept = record_of(state, FROZEN + ".stage", ConfigRecord)["stage"]
+        if int(kept) == stage:  # type: ignore[arg-type]
+            return record_of(state, FROZEN, ArrayRecord)
     return None
 
 
@@ -48,7 +51,7 @@ def train(msg: Message, context: Context) -> Message:
     """One local epoch per logical client; reply with the averaged trainable arrays."""
     rt = NodeRuntime.from_context(context)
     cfg = rt.cfg
-    global_arrays = msg.content["arrays"]
+    global_arrays = record_of(msg.content, "arrays", ArrayRecord)
     config = msg.content["config"]
     server_round = int(config["server-round"])  # type: ignore[arg-type]
     stage = int(config["stage"]) if "stage" in config else None  # type: ignore[arg-type]
@@ -63,6 +66,10 @@ def train(msg: Message, context: Context) -> Message:
         load_optimizer(context.state, local_optim_key(cid, stage), optimizer)
         steps = steps_per_epoch(len(rows), b)
         total = steps * optim.epochs
+
+        def lr_at(step: int, r: int = server_round, s: int = steps, t: int = total) -> float:
+            return scheduled_lr(optim, (r - 1) * s + step, t)
+
         done = train_epoch(
             model,
             optimizer,
@@ -71,9 +78,7 @@ def train(msg: Message, context: Context) -> Message:
             b,
             server_round - 1,
             client_seed(cfg.seed, cid),
-            lambda step, r=server_round, s=steps, t=total: scheduled_lr(
-                optim, (r - 1) * s + step, t
-            ),
+            lr_at,
             rt.exp.task,
             rt.device,
         )

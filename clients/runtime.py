@@ -144,12 +144,12 @@ class NodeRuntime:
             schedule = StageSchedule.from_config(self.cfg)
             schedule.apply(model, stage)
             needed = schedule.frozen_state(model, stage)
-            if needed and frozen is None:
-                raise RuntimeError(
-                    f"This node lacks the frozen blocks of stage {stage + 1}; the server "
-                    "sends them to every node that has not yet replied in this stage."
-                )
             if needed:
+                if frozen is None:
+                    raise RuntimeError(
+                        f"This node lacks the frozen blocks of stage {stage + 1}; the server "
+                        "sends them to every node that has not yet replied in this stage."
+                    )
                 load_named(model, from_array_record(frozen))
         load_trainable_state(model, from_array_record(arrays))
         return model.to(self.device)

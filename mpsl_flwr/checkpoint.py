@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,8 @@ _MAY_CHANGE = {"resume", "progress", "step-timeout", "node-wait-timeout", "min-n
 
 def rng_state() -> dict[str, Any]:
     """Torch, NumPy and Python RNG states, in a form ``torch.load(weights_only=True)`` reads."""
-    np_state = np.random.get_state()
+    # The global RandomState is an MT19937, whose legacy state is this tuple.
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),

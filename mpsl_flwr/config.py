@@ -26,6 +26,8 @@ from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.registry import STRATEGIES, strategy_spec
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     Strategy = str
 else:  # the registry's names, validated like every other choice
     Strategy = Literal[tuple(STRATEGIES)]
@@ -41,7 +43,7 @@ RetrievalPartition = Literal["iid", "dirichlet-cluster"]
 AdapterSharing = Literal["per-modality", "shared"]
 
 
-_Part = TypeVar("_Part")
+_Part = TypeVar("_Part", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):

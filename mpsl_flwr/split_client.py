@@ -69,6 +69,7 @@ class SplitClient:
         z = output.to(self.device, torch.float32).requires_grad_(True)
         loss = self.task.loss(z, labels=labels)
         loss.backward()
+        assert z.grad is not None  # z is a leaf the loss depends on
         return (
             z.grad.detach().cpu(),
             loss.item(),

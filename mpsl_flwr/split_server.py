@@ -79,29 +79,41 @@ class SplitServer:
         total = sum(self._slices[c].stop - self._slices[c].start for c in present)
         if total == 0:
             return {}, 0
-        grad = torch.zeros_like(self._output)
+        output = self._forwarded()
+        grad = torch.zeros_like(output)
         for cid in present:
             sl = self._slices[cid]
             weight = (sl.stop - sl.start) / total
             grad[sl] = output_grads[cid].to(self.device, grad.dtype) * weight
-        self._output.backward(grad)
+        output.backward(grad)
         return self._step(present), total
 
     def backward_from_server_loss(self) -> tuple[dict[int, dict[str, Tensor]], float, int]:
         """No labels needed (retrieval): the task's loss over the whole global batch, here."""
-        loss = self.task.loss(self._output, tail=self.model.tail)
+        loss = self.task.loss(self._forwarded(), tail=self.model.tail)
         loss.backward()
         present = sorted(self._slices)
         total = self._slices[present[-1]].stop
         return self._step(present), loss.item(), total
+
+    def _forwarded(self) -> Tensor:
+        """The output of the last :meth:`forward`, whose backward is due."""
+        assert self._output is not None, "a backward needs a forward() first"
+        return self._output
 
     def _step(self, present: list[int]) -> dict[int, dict[str, Tensor]]:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         cut = {
-            cid: {s: x.grad[self._slices[cid]].detach().cpu() for s, x in self._inputs.items()}
+            cid: {s: _grad(x)[self._slices[cid]].detach().cpu() for s, x in self._inputs.items()}
             for cid in present
         }
         self._inputs, self._output = {}, None
         return cut
+
+
+def _grad(x: Tensor) -> Tensor:
+    """The gradient of an input the forward pass used (set by the backward)."""
+    assert x.grad is not None
+    return x.grad

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mpsl_flwr.config import RunConfig
+from mpsl_flwr.models.server import Encoder
 from mpsl_flwr.models.split_model import SplitModel
 from mpsl_flwr.registry import staged_strategies, strategy_spec
 
@@ -127,7 +128,7 @@ def load_named(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 def run_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """Parameters that a forward pass uses: all but the blocks past the run depth."""
-    encoders = [m for m in model.modules() if hasattr(m, "run_depth") and hasattr(m, "blocks")]
+    encoders = [m for m in model.modules() if isinstance(m, Encoder)]
     skipped = {
         id(p)
         for enc in encoders

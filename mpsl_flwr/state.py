@@ -12,17 +12,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor, nn
 
 from mpsl_flwr.models.split_model import load_trainable_state, trainable_state
 
-R = TypeVar("R", ArrayRecord, ConfigRecord)
+R = TypeVar("R", ArrayRecord, ConfigRecord, MetricRecord)
 
 
-def _record(state: RecordDict, key: str, kind: type[R]) -> R:
-    """``state[key]``, which must be a ``kind`` record (a RecordDict holds three kinds)."""
-    record = state[key]
+def record_of(records: RecordDict, key: str, kind: type[R]) -> R:
+    """``records[key]``, which must be a ``kind`` record (a RecordDict holds three kinds).
+
+    For ``context.state`` and a message's content alike: the typed way to read a record.
+    """
+    record = records[key]
     if not isinstance(record, kind):
         raise TypeError(f"state[{key!r}] is a {type(record).__name__}, not a {kind.__name__}.")
     return record
@@ -87,7 +90,7 @@ def load_module(state: RecordDict, key: str, module: nn.Module) -> bool:
     """Restore trainable parameters saved by :func:`save_module`; False if none saved."""
     if key not in state:
         return False
-    load_trainable_state(module, from_array_record(_record(state, key, ArrayRecord)))
+    load_trainable_state(module, from_array_record(record_of(state, key, ArrayRecord)))
     return True
 
 
@@ -112,9 +115,9 @@ def load_optimizer(state: RecordDict, key: str, optimizer: torch.optim.Optimizer
     """Restore what :func:`save_optimizer` stored; False if nothing was saved."""
     if key not in state:
         return False
-    cfg = _record(state, key + ".cfg", ConfigRecord)
+    cfg = record_of(state, key + ".cfg", ConfigRecord)
     per_param: dict[int, dict[str, Any]] = {}
-    for name, tensor in from_array_record(_record(state, key, ArrayRecord)).items():
+    for name, tensor in from_array_record(record_of(state, key, ArrayRecord)).items():
         idx, field = name.split(".", 1)
         per_param.setdefault(int(idx), {})[field] = tensor
     for idx, values in json.loads(str(cfg["scalars"])).items():

@@ -58,8 +58,8 @@ def recall_at_k(embeddings: Tensor, pair_ids: Tensor, ks: tuple[int, ...] = RECA
     captions.
     """
     ids = pair_ids.cpu().numpy()
-    _, first = np.unique(ids, return_index=True)
-    first = torch.as_tensor(np.sort(first))
+    _, first_np = np.unique(ids, return_index=True)
+    first = torch.as_tensor(np.sort(first_np))
     images = embeddings[first, 0].float()
     image_ids = pair_ids[first]
     texts = embeddings[:, 1].float()
@@ -225,7 +225,7 @@ class Retrieval(Task):
     ) -> Tensor:
         if tail is None:
             raise ValueError("the contrastive loss needs the tail (its logit scale).")
-        return contrastive_loss(output, tail.logit_scale)
+        return contrastive_loss(output, tail.get_parameter("logit_scale"))
 
     def metrics(self, outputs: Tensor, labels: Tensor) -> dict[str, float]:
         return recall_at_k(outputs, labels)

@@ -67,6 +67,10 @@ class Centralized:
             first_epoch = int(ckpt["epoch"])
         for epoch in range(first_epoch, optim.epochs):
             t0 = time.time()
+
+            def lr_at(step: int, e: int = epoch) -> float:
+                return scheduled_lr(optim, e * steps + step, optim.epochs * steps)
+
             done = train_epoch(
                 model,
                 optimizer,
@@ -75,7 +79,7 @@ class Centralized:
                 optim.batch_size,
                 epoch,
                 client_seed(cfg.seed, 0),
-                lambda step, e=epoch: scheduled_lr(optim, e * steps + step, optim.epochs * steps),
+                lr_at,
                 self.exp.task,
                 device,
                 desc=f"epoch {epoch + 1}/{optim.epochs}",

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -32,6 +33,13 @@ from strategies.discovery import ClientInfo, discover_clients
 from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
 
 log = logging.getLogger("mpsl_flwr")
+
+
+def _number(value: MetricRecordValues, key: str) -> int | float:
+    """A scalar metric (a MetricRecord may hold lists too, which ``float()`` rejects)."""
+    if isinstance(value, list):
+        raise TypeError(f"metric {key!r} is a list, not a number.")
+    return value
 
 
 class FederatedAveraging:
@@ -84,9 +92,9 @@ class FederatedAveraging:
         def train_metrics(records: list[RecordDict], key: str) -> MetricRecord:
             aggregated = aggregate_metricrecords(records, key)
             last_train.clear()
-            last_train.update({k: float(v) for k, v in aggregated.items()})  # type: ignore[arg-type]
+            last_train.update({k: float(_number(v, k)) for k, v in aggregated.items()})
             last_train["samples-trained"] = float(
-                sum(int(next(iter(r.metric_records.values()))[key]) for r in records)  # type: ignore[arg-type]
+                sum(int(_number(next(iter(r.metric_records.values()))[key], key)) for r in records)
             )
             return aggregated
 

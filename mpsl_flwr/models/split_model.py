@@ -125,7 +125,7 @@ def apply_trainable(
     if head is not None:
         head.requires_grad_(spec.train_head)
         if "text" in head.tokenizers:
-            head.tokenizers["text"].token_embedding.weight.requires_grad_(
+            head.tokenizers["text"].get_parameter("token_embedding.weight").requires_grad_(
                 spec.train_head and spec.train_token_embedding
             )
     if server is not None:

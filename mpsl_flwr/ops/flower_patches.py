@@ -81,7 +81,7 @@ def cap_supernode_sleeps(poll: float) -> None:
     shim = types.ModuleType("time")
     shim.__dict__.update(time.__dict__)
     shim.sleep = lambda seconds: real_sleep(min(seconds, poll))  # type: ignore[attr-defined]
-    loop.time = shim  # type: ignore[attr-defined]
+    loop.time = shim
 
 
 def shorten_object_pull_backoff(initial: float) -> None:

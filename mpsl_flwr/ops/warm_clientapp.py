@@ -134,6 +134,7 @@ class WarmExecutor:
                 getattr(sys.modules.get("clients.client_app"), "__file__", "?"),
             )
         elif fab.hash_str != self.fab_hash:
+            assert self.fab_hash is not None  # set together with self.app
             raise LoadClientAppError(
                 f"FAB {fab.hash_str[:8]} differs from the warm one ({self.fab_hash[:8]})"
             )

@@ -91,9 +91,13 @@ def run_all(
 
 def summarise(
     records: list[dict[str, Any]], overrides: dict[str, Any], nodes: int
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[float]]]]:
-    """Table rows (one per strategy) and the per-seed curves behind the plot."""
-    rows, curves = [], {}
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Table rows (one per strategy) and the per-seed curves behind the plot.
+
+    A strategy's curves are ``{"metric": name, "curves": [one list per seed]}``.
+    """
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, dict[str, Any]] = {}
     for strategy in dict.fromkeys(r["strategy"] for r in records):
         done = [
             r for r in records if r["strategy"] == strategy and r["status"].endswith("completed")

@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -40,6 +42,7 @@ from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.protocol import TrafficMeter
+from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.registry import STRATEGIES as REGISTRY
 from mpsl_flwr.registry import strategy_spec
 
@@ -48,17 +51,17 @@ STRATEGIES = tuple(n for n, s in REGISTRY.items() if s.needs_grid and s.stages i
 PROBE_STEPS = 3
 
 
-def _one_epoch(cfg: RunConfig, nodes: int) -> tuple[dict, TrafficMeter]:
+def _one_epoch(cfg: RunConfig, nodes: int) -> tuple[EpochRecord, TrafficMeter]:
     """Run one epoch of ``cfg.strategy`` over real messages; its history row and meter."""
     from strategies import load_runner
 
     runner = load_runner(strategy_spec(cfg.strategy))(Experiment.from_config(cfg))
-    rows: list[dict] = []
+    rows: list[EpochRecord] = []
     runner.start(LocalGrid(client_app, nodes, cfg.to_mapping()), None, rows.append)
     return rows[0], runner.meter
 
 
-def _mb(row: dict) -> tuple[float, float]:
+def _mb(row: Mapping[str, Any]) -> tuple[float, float]:
     return row["mb-up-per-client"], row["mb-down-per-client"]
 
 
@@ -98,7 +101,8 @@ def measure_size(
     two_cfg = probe_config(base, size, strategy, nodes, 1).replace(encoder_depth=2)
     two = _mb(_one_epoch(two_cfg, nodes)[0])
     blocks = base.replace(model_size=size).trainable_blocks
-    return tuple(o + (t - o) * (blocks - 1) for o, t in zip(one, two, strict=True))  # type: ignore[return-value]
+    up, down = (o + (t - o) * (blocks - 1) for o, t in zip(one, two, strict=True))
+    return up, down
 
 
 def crossover(rows: list[dict]) -> str:
