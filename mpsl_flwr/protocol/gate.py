@@ -93,7 +93,7 @@ def _payload_offset(name: str, array: Array, dtype: np.dtype, count: int) -> int
         raise PayloadError(f"'{name}' payload has a malformed .npy header")
     try:
         descr, fortran, shape = _parse_npy_header(data[start:offset], major == 3)
-        payload_dtype = np.lib.format.descr_to_dtype(descr)
+        payload_dtype = np.dtype(descr)
     except Exception as err:  # any malformed header, whatever numpy or ast raise
         raise PayloadError(f"'{name}' payload has a malformed .npy header ({err})") from None
     if payload_dtype != dtype or fortran or shape != tuple(array.shape):

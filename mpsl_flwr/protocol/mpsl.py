@@ -337,8 +337,12 @@ def backward_request(
     dtype: torch.dtype | None,
 ) -> RecordDict:
     """Server: the cut-layer gradients of the batches just trained, and the next batches."""
-    config = {"lr": lr, **plan_record(plans), **plan_record(next_plans, prefix="next-")}
-    content = RecordDict({CONFIG: ConfigRecord(config)})  # type: ignore[arg-type]
+    config: dict[str, ConfigRecordValues] = {
+        "lr": lr,
+        **plan_record(plans),
+        **plan_record(next_plans, prefix="next-"),
+    }
+    content = RecordDict({CONFIG: ConfigRecord(config)})
     for cid in sorted(plans):
         content[cut_key(cid)] = to_array_record(dict(cut[cid]), dtype)
     return content
@@ -346,12 +350,12 @@ def backward_request(
 
 def read_backward_request(content: RecordDict) -> BackwardRequest:
     """Client: the inverse of :func:`backward_request` (gradients as float32)."""
-    config = content[CONFIG]
-    plans = read_plans(config)  # type: ignore[arg-type]
+    config = typed_record(content, CONFIG, ConfigRecord)
+    plans = read_plans(config)
     return BackwardRequest(
-        lr=float(config["lr"]),  # type: ignore[arg-type, index]
+        lr=float(config["lr"]),  # type: ignore[arg-type]
         plans=plans,
-        next_plans=read_plans(config, prefix="next-"),  # type: ignore[arg-type]
+        next_plans=read_plans(config, prefix="next-"),
         cut={
             cid: from_array_record(content[cut_key(cid)], dtype=torch.float32)  # type: ignore[arg-type]
             for cid in plans
