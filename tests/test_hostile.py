@@ -24,11 +24,14 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from clients.client_app import app as client_app
-from mpsl_flwr.protocol import mpsl as P
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.models.split_model import trainable_state
 from mpsl_flwr.protocol import discovery as D
+from mpsl_flwr.protocol import mpsl as P
+from mpsl_flwr.protocol.transport import Exchange
+from mpsl_flwr.split_server import SplitServer
+from strategies.discovery import discover_clients
 from strategies.mpsl import MPSL
 from strategies.runner import run_experiment
 
@@ -303,9 +306,6 @@ def _discover(tiny, tamper_info: Callable[[int, RecordDict], None], nodes: int =
         return reply
 
     grid.reply_fault = reply_fault
-    from mpsl_flwr.protocol.transport import Exchange
-    from strategies.discovery import discover_clients
-
     t0 = time.monotonic()
     clients = discover_clients(grid, Exchange(grid), cfg)
     return clients, time.monotonic() - t0
@@ -401,8 +401,6 @@ def test_an_epoch_that_trained_nothing_fails_the_run(tiny, tmp_path):
 
 
 def test_a_non_finite_server_model_fails_the_run(tiny, tmp_path, monkeypatch):
-    from mpsl_flwr.split_server import SplitServer
-
     step = SplitServer._step
 
     def overflowing_step(self, present):
