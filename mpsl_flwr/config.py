@@ -129,6 +129,8 @@ class FederationConfig:
     step_timeout: float
     activation_dtype: ActivationDtype
     max_client_mb: float
+    max_abs_activation: float
+    max_partition_size: int
     server_device: Device
     client_device: Device
 
@@ -194,6 +196,8 @@ class RunConfig:
     step_timeout: float = 120.0
     activation_dtype: ActivationDtype = "float32"
     max_client_mb: float = 256.0
+    max_abs_activation: float = 0.0  # 0 = auto (see strategies.mpsl.legs.activation_bound)
+    max_partition_size: int = 500_000
     # Devices
     server_device: Device = "auto"
     client_device: Device = "cpu"
@@ -386,6 +390,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         "eval_batch_size",
         "retrieval_clusters",
         "stage_blocks",
+        "max_partition_size",
     )
     for name in positive:
         if getattr(cfg, name) <= 0:
@@ -418,6 +423,10 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("Run-config key 'warmup-ratio' must lie in [0, 1).")
     if cfg.max_client_mb <= 0:
         raise ConfigError("Run-config key 'max-client-mb' must be > 0.")
+    if not cfg.max_abs_activation >= 0:  # also refuses NaN
+        raise ConfigError(
+            "Run-config key 'max-abs-activation' must be >= 0 (0 = derived from the model)."
+        )
     if cfg.temperature <= 0:
         raise ConfigError("Run-config key 'temperature' must be > 0.")
     if cfg.step_timeout <= 0 or cfg.node_wait_timeout <= 0:

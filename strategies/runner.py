@@ -78,6 +78,12 @@ def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict
         if recorder.summary.get("num-clients") is None:
             recorder.update(**{"num-clients": runner.num_clients})
         recorder.log_epoch(record)
+        if record.samples_trained == 0:  # None: a strategy that does not count samples
+            raise RuntimeError(
+                f"Epoch {record.epoch} trained no sample: every client was dropped or had "
+                "no data left (see the warnings above), so the run stops instead of "
+                "reporting an untrained model."
+            )
 
     runner.start(grid, evaluate, on_epoch_end, checkpointing if spec.resumable else None)
     last = recorder.history[-1] if recorder.history else {}

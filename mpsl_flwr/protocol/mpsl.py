@@ -18,22 +18,36 @@ One step (Fudala et al., arXiv 2502.06355), as messages:
 For each leg this module holds, in this order: what the server sends
 (``*_request``), how the client reads it (``read_*_request``), what the client replies
 (``put_*``), and how the server reads the reply (``read_*``). Everything a client sends
-is checked on the way in (:func:`checked_arrays`: names, dtype, shape from the plan,
-size, finiteness), so a bad payload is refused before it is decoded into the server's
-tensors; a refusal is a :class:`Rejection` that the server's leg logs and counts.
+is checked on the way in by the gate of :mod:`mpsl_flwr.protocol.gate` (record type,
+size, names, dtype, shape from the plan, payload length, finiteness, magnitude, typed and
+range-checked statistics), so a bad payload is refused before it is decoded into the
+server's tensors; a refusal is a :class:`Rejection` that the server's leg logs and counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.typing import ConfigRecordValues
 from torch import Tensor
 
+from mpsl_flwr.protocol.gate import (
+    WIRE_DTYPES,
+    PayloadError,
+    checked_arrays,
+    checking,
+    count_value,
+    loss_value,
+    typed_record,
+)
 from mpsl_flwr.state import from_array_record, to_array_record
+
+__all__ = ["WIRE_DTYPES", "PayloadError"]  # re-exported: the leg codecs' vocabulary
 
 FORWARD = "train.forward"
 LOSS = "train.loss"
@@ -43,7 +57,6 @@ QUERY_STATE = "query.state"
 
 CONFIG = "config"
 HEAD = "head"
-WIRE_DTYPES = ("float32", "float16")
 CLIENT_STATE_PARTS = ("head", "optim", "optim.cfg")
 
 
@@ -96,6 +109,17 @@ class BatchPlan:
     size: int
 
 
+# For the mean cross-entropy of b_n samples, every entry of dL_n/dz_n is
+# (softmax - one-hot) / b_n, so lies in [-1/b_n, 1/b_n]; twice that leaves room for
+# rounding and refuses anything that could steer the server model more than a sample can.
+GRAD_BOUND_MARGIN = 2.0
+# A head whose L2 norm (all parameters together) is more than this multiple of the
+# current aggregated head's is refused before the average: FedAvg of a few clients'
+# heads cannot absorb one that has blown up, and honest local training over one epoch
+# moves a head's norm by a few percent, not by a factor of ten.
+MAX_HEAD_NORM_RATIO = 10.0
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A client's payload that failed a check: who sent it and what was wrong."""
@@ -105,7 +129,7 @@ class Rejection:
 
 
 # ------------------------------------------------------------------ plans and the gate
-def plan_record(plans: Mapping[int, BatchPlan], prefix: str = "") -> dict[str, list[int]]:
+def plan_record(plans: Mapping[int, BatchPlan], prefix: str = "") -> dict[str, ConfigRecordValues]:
     """Batch plans of several clients as ConfigRecord entries (none for no plans: Flower's
     ``ConfigRecord.count_bytes`` cannot size an empty list)."""
     if not plans:
@@ -124,42 +148,12 @@ def read_plans(config: ConfigRecord, prefix: str = "") -> dict[int, BatchPlan]:
     if f"{prefix}clients" not in config:
         return {}
     cols = [config[f"{prefix}{k}"] for k in ("clients", "epochs", "offsets", "sizes")]
-    return {
-        int(c): BatchPlan(int(e), int(o), int(s))
-        for c, e, o, s in zip(*cols, strict=True)  # type: ignore[call-overload]
-    }
+    return {int(c): BatchPlan(int(e), int(o), int(s)) for c, e, o, s in zip(*cols, strict=True)}
 
 
 def max_bytes(megabytes: float) -> int:
     """``max-client-mb`` in bytes."""
     return int(np.floor(megabytes * 1e6))
-
-
-def checked_arrays(
-    record: ArrayRecord, expected_shapes: Mapping[str, tuple[int, ...]], limit: int
-) -> tuple[dict[str, Tensor] | None, str | None]:
-    """Decode ``record`` to float32 tensors if it is well-formed; else ``(None, reason)``.
-
-    Size, names, dtypes and shapes are read from the serialized record first, so an
-    oversized or mistyped payload is refused before it is decoded.
-    """
-    size = record.count_bytes()
-    if size > limit:
-        return None, f"{size / 1e6:.1f} MB exceeds max-client-mb ({limit / 1e6:.1f} MB)"
-    if set(record) != set(expected_shapes):
-        return None, f"arrays {sorted(record)}, expected {sorted(expected_shapes)}"
-    for name, array in record.items():
-        if array.dtype not in WIRE_DTYPES:
-            return None, f"'{name}' has dtype {array.dtype}, expected one of {WIRE_DTYPES}"
-        if tuple(array.shape) != tuple(expected_shapes[name]):
-            return None, (
-                f"'{name}' has shape {list(array.shape)}, expected {list(expected_shapes[name])}"
-            )
-    tensors = from_array_record(record, dtype=torch.float32)
-    for name, t in tensors.items():
-        if not torch.isfinite(t).all():
-            return None, f"'{name}' holds NaN or Inf"
-    return tensors, None
 
 
 # ------------------------------------------------------------------ train.forward
@@ -215,20 +209,32 @@ def read_activations(
     stream_lengths: Mapping[str, int],
     width: int,
     limit: int,
+    max_abs: float | None = None,
 ) -> tuple[dict[int, dict[str, Tensor]], list[Rejection]]:
     """Server: the activations of the planned clients of one node, checked.
 
-    A planned client without activations had no data left and sits out (no rejection).
+    Each stream must be exactly ``[b_n, tokens, width]`` with ``|value| <= max_abs``, and
+    ``stats.<cid>`` must count exactly ``b_n`` examples. A planned client without
+    activations had no data left and sits out (no rejection).
     """
     acts: dict[int, dict[str, Tensor]] = {}
-    rejected = []
+    rejected: list[Rejection] = []
     for cid in sorted(plans):
         if act_key(cid) not in content:
             continue
-        shapes = {s: (plans[cid].size, n, width) for s, n in stream_lengths.items()}
-        tensors, problem = checked_arrays(content[act_key(cid)], shapes, limit)  # type: ignore[arg-type]
-        if tensors is None:
-            rejected.append(Rejection(cid, f"activations: {problem}"))
+        rows = plans[cid].size
+        shapes = {s: (rows, n, width) for s, n in stream_lengths.items()}
+        try:
+            with checking("activations"):
+                tensors = checked_arrays(
+                    content, act_key(cid), shapes, limit, max_abs, "max-abs-activation"
+                )
+            with checking("statistics"):
+                count_value(
+                    typed_record(content, stats_key(cid), MetricRecord), "num-examples", rows, rows
+                )
+        except PayloadError as err:
+            rejected.append(Rejection(cid, str(err)))
             continue
         acts[cid] = tensors
     return acts, rejected
@@ -273,24 +279,43 @@ def put_loss(reply: RecordDict, cid: int, result: LossResult) -> None:
 def read_loss(
     content: RecordDict, shapes: Mapping[int, tuple[int, ...]], limit: int
 ) -> tuple[dict[int, LossResult], list[Rejection]]:
-    """Server: the output gradients and statistics of one node's clients, checked."""
+    """Server: the output gradients and statistics of one node's clients, checked.
+
+    ``dL_n/dz_n`` must have the shape of the output slice sent, with every entry within
+    ``GRAD_BOUND_MARGIN / b_n``; the statistics must be a finite loss >= 0,
+    ``0 <= correct <= b_n`` and ``num-examples == b_n``.
+    """
     results: dict[int, LossResult] = {}
-    rejected = []
+    rejected: list[Rejection] = []
     for cid in sorted(shapes):
         if grad_key(cid) not in content:
             continue
-        got, problem = checked_arrays(content[grad_key(cid)], {"out": shapes[cid]}, limit)  # type: ignore[arg-type]
-        if got is None:
-            rejected.append(Rejection(cid, f"output gradient: {problem}"))
-            continue
-        s = content[stats_key(cid)]
-        results[cid] = LossResult(
-            got["out"],
-            float(s["loss"]),  # type: ignore[arg-type]
-            int(s["correct"]),  # type: ignore[arg-type]
-            int(s["num-examples"]),  # type: ignore[arg-type]
-        )
+        try:
+            results[cid] = _read_loss(content, cid, shapes[cid], limit)
+        except PayloadError as err:
+            rejected.append(Rejection(cid, str(err)))
     return results, rejected
+
+
+def _read_loss(content: RecordDict, cid: int, shape: tuple[int, ...], limit: int) -> LossResult:
+    rows = shape[0]
+    with checking("output gradient"):
+        grad = checked_arrays(
+            content,
+            grad_key(cid),
+            {"out": shape},
+            limit,
+            GRAD_BOUND_MARGIN / rows,
+            f"{GRAD_BOUND_MARGIN:g}/b_n for the mean loss of b_n={rows} samples",
+        )["out"]
+    with checking("statistics"):
+        stats = typed_record(content, stats_key(cid), MetricRecord)
+        return LossResult(
+            grad,
+            loss_value(stats),
+            count_value(stats, "correct", 0, rows),
+            count_value(stats, "num-examples", rows, rows),
+        )
 
 
 # ------------------------------------------------------------------ train.backward
@@ -312,8 +337,12 @@ def backward_request(
     dtype: torch.dtype | None,
 ) -> RecordDict:
     """Server: the cut-layer gradients of the batches just trained, and the next batches."""
-    config = {"lr": lr, **plan_record(plans), **plan_record(next_plans, prefix="next-")}
-    content = RecordDict({CONFIG: ConfigRecord(config)})  # type: ignore[arg-type]
+    config: dict[str, ConfigRecordValues] = {
+        "lr": lr,
+        **plan_record(plans),
+        **plan_record(next_plans, prefix="next-"),
+    }
+    content = RecordDict({CONFIG: ConfigRecord(config)})
     for cid in sorted(plans):
         content[cut_key(cid)] = to_array_record(dict(cut[cid]), dtype)
     return content
@@ -321,12 +350,12 @@ def backward_request(
 
 def read_backward_request(content: RecordDict) -> BackwardRequest:
     """Client: the inverse of :func:`backward_request` (gradients as float32)."""
-    config = content[CONFIG]
-    plans = read_plans(config)  # type: ignore[arg-type]
+    config = typed_record(content, CONFIG, ConfigRecord)
+    plans = read_plans(config)
     return BackwardRequest(
-        lr=float(config["lr"]),  # type: ignore[arg-type, index]
+        lr=float(config["lr"]),  # type: ignore[arg-type]
         plans=plans,
-        next_plans=read_plans(config, prefix="next-"),  # type: ignore[arg-type]
+        next_plans=read_plans(config, prefix="next-"),
         cut={
             cid: from_array_record(content[cut_key(cid)], dtype=torch.float32)  # type: ignore[arg-type]
             for cid in plans
@@ -345,7 +374,7 @@ def clients_request(cids: list[int]) -> RecordDict:
 
 def read_clients_request(content: RecordDict) -> list[int]:
     """Client: which clients the server asks about."""
-    return [int(c) for c in content[CONFIG]["clients"]]  # type: ignore[union-attr, index]
+    return [int(c) for c in content[CONFIG]["clients"]]  # type: ignore[union-attr]
 
 
 def put_head(reply: RecordDict, cid: int, head: ArrayRecord) -> None:
@@ -353,9 +382,53 @@ def put_head(reply: RecordDict, cid: int, head: ArrayRecord) -> None:
     reply[head_key(cid)] = head
 
 
-def read_heads(content: RecordDict, cids: list[int]) -> dict[int, ArrayRecord]:
-    """Server: the heads a node sent for ``cids`` (a missing one is simply absent)."""
-    return {cid: content[head_key(cid)] for cid in cids if head_key(cid) in content}  # type: ignore[misc]
+def read_heads(
+    content: RecordDict,
+    cids: list[int],
+    expected: Mapping[str, Tensor],
+    limit: int,
+) -> tuple[dict[int, ArrayRecord], list[Rejection]]:
+    """Server: the heads a node sent for ``cids``, checked against the aggregated head.
+
+    ``expected`` is the current aggregated head: each head must name exactly its
+    parameters, with their shapes, finite, and an overall L2 norm at most
+    ``MAX_HEAD_NORM_RATIO`` times its norm. A missing head is simply absent. The records
+    are returned as they came, so the average is what it always was.
+    """
+    shapes = {name: tuple(t.shape) for name, t in expected.items()}
+    reference = _norm(expected.values())
+    heads: dict[int, ArrayRecord] = {}
+    rejected: list[Rejection] = []
+    for cid in cids:
+        if head_key(cid) not in content:
+            continue
+        try:
+            with checking("head"):
+                heads[cid] = _check_head(content, cid, shapes, limit, reference)
+        except PayloadError as err:
+            rejected.append(Rejection(cid, str(err)))
+    return heads, rejected
+
+
+def _norm(tensors: Iterable[Tensor]) -> float:
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
+
+
+def _check_head(
+    content: RecordDict,
+    cid: int,
+    shapes: Mapping[str, tuple[int, ...]],
+    limit: int,
+    reference: float,
+) -> ArrayRecord:
+    tensors = checked_arrays(content, head_key(cid), shapes, limit)
+    norm = _norm(tensors.values())
+    if norm > MAX_HEAD_NORM_RATIO * reference:
+        raise PayloadError(
+            f"norm {norm:.3g} is more than {MAX_HEAD_NORM_RATIO:g}x the aggregated "
+            f"head's ({reference:.3g})"
+        )
+    return typed_record(content, head_key(cid), ArrayRecord)
 
 
 def put_state(reply: RecordDict, cid: int, parts: Mapping[str, ArrayRecord | ConfigRecord]) -> None:

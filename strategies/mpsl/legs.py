@@ -4,20 +4,24 @@ A leg sends one message per node (:class:`~mpsl_flwr.protocol.transport.Exchange
 reads the replies with the codecs of :mod:`mpsl_flwr.protocol.mpsl`, whose other half the
 ClientApp's handlers (:mod:`clients.mpsl`) use. The drop policy: a node that still holds
 an unanswered message sits the leg out, a node that errors or does not answer within
-``step-timeout`` is dropped from the step, and a client whose payload fails a check is
-dropped from the step; each counts once in ``dropped-client-steps`` and is named in a
-warning. The server model never sees what was dropped.
+``step-timeout`` is dropped from the step, and a client whose payload fails the gate
+(:mod:`mpsl_flwr.protocol.gate`) is dropped from the step (a head, from the average);
+each counts once in ``dropped-client-steps`` and is named in a warning with its node,
+the leg and what was wrong. The server model never sees what was dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, Message, RecordDict
 from torch import Tensor
 
 from mpsl_flwr.config import RunConfig
+from mpsl_flwr.models.head import ClientHead
+from mpsl_flwr.models.split_model import trainable_state
 from mpsl_flwr.protocol import mpsl as P
 from mpsl_flwr.protocol.transport import Exchange, make_messages, reply_error
 from mpsl_flwr.records import EpochStats
@@ -26,6 +30,27 @@ from strategies.mpsl.plan import Activations
 from strategies.mpsl.roster import Roster
 
 log = logging.getLogger("mpsl_flwr")
+
+# ``max-abs-activation = 0``: this many times the largest entry the head can output.
+ACTIVATION_HEADROOM = 10.0
+
+
+def activation_bound(cfg: RunConfig, head: ClientHead) -> float:
+    """The largest ``|value|`` accepted in a client's activations (``max-abs-activation``).
+
+    Every activation is an output of the head's pre-LayerNorm, ``y = gamma * x_hat + beta``
+    with ``x_hat`` of mean 0 and variance 1 over the width d, so ``|x_hat_i| <= sqrt(d - 1)``
+    and ``|y_i| <= max|gamma| * sqrt(d - 1) + max|beta|``. The default (0) is
+    ``ACTIVATION_HEADROOM`` times that bound for the initial head, room for the affine
+    parameters to grow while clients train; anything past it is an attack or a bug, and
+    values like 1e30 would make the server model non-finite.
+    """
+    if cfg.max_abs_activation > 0:
+        return cfg.max_abs_activation
+    norm = head.pre_norm
+    gamma = float(norm.weight.detach().abs().max()) if norm.weight is not None else 1.0
+    beta = float(norm.bias.detach().abs().max()) if norm.bias is not None else 0.0
+    return ACTIVATION_HEADROOM * (gamma * math.sqrt(max(head.width - 1, 1)) + beta)
 
 
 class Legs:
@@ -45,6 +70,7 @@ class Legs:
         self.stream_lengths = dict(stream_lengths)
         self.width = width
         self.limit = P.max_bytes(cfg.max_client_mb)
+        self.max_abs = activation_bound(cfg, roster.head)
         self.wire_dtype = P.wire_dtype(cfg.activation_dtype)
 
     def send(
@@ -91,13 +117,23 @@ class Legs:
             ok[node_id] = reply
         return ok
 
-    def _reject(self, node_id: int, rejected: list[P.Rejection], stats: EpochStats) -> None:
+    def _reject(
+        self,
+        node_id: int,
+        leg: str,
+        rejected: list[P.Rejection],
+        stats: EpochStats,
+        consequence: str = "dropped from this step",
+    ) -> None:
+        """Name each refused client (client, node, leg, problem) and count it as dropped."""
         for r in rejected:
             log.warning(
-                "Client %d (node %d) sent bad %s; dropped from this step.",
+                "Client %d (node %d) sent bad %s (in its %s reply); %s.",
                 r.cid,
                 node_id,
                 r.problem,
+                leg,
+                consequence,
             )
             stats.dropped += 1
 
@@ -128,19 +164,23 @@ class Legs:
         for node_id in replies:
             for cid in by_node[node_id]:
                 restore.pop(cid, None)
-        return self._activations(replies, plans, stats)
+        return self._activations(replies, plans, P.FORWARD, stats)
 
     def _activations(
-        self, replies: dict[int, Message], plans: dict[int, P.BatchPlan], stats: EpochStats
+        self,
+        replies: dict[int, Message],
+        plans: dict[int, P.BatchPlan],
+        leg: str,
+        stats: EpochStats,
     ) -> dict[int, Activations]:
         acts: dict[int, Activations] = {}
         by_node = self.roster.by_node(plans)
         for node_id, reply in replies.items():
             mine = {c: plans[c] for c in by_node.get(node_id, [])}
             got, rejected = P.read_activations(
-                reply.content, mine, self.stream_lengths, self.width, self.limit
+                reply.content, mine, self.stream_lengths, self.width, self.limit, self.max_abs
             )
-            self._reject(node_id, rejected, stats)
+            self._reject(node_id, leg, rejected, stats)
             acts.update(got)
         return acts
 
@@ -162,7 +202,7 @@ class Legs:
         for node_id, reply in self.send(contents, P.LOSS, group, stats).items():
             shapes = {c: tuple(outputs[c].shape) for c in by_node[node_id]}
             results, rejected = P.read_loss(reply.content, shapes, self.limit)
-            self._reject(node_id, rejected, stats)
+            self._reject(node_id, P.LOSS, rejected, stats)
             for cid, r in results.items():
                 grads[cid] = r.grad
                 stats.loss_sum += r.loss * r.num_examples
@@ -192,17 +232,22 @@ class Legs:
             for node_id, cids in self.roster.by_node(plans).items()
         }
         replies = self.send(contents, P.BACKWARD, group, stats)
-        acts = self._activations(replies, next_plans, stats)
+        acts = self._activations(replies, next_plans, P.BACKWARD, stats)
         return {cid: (next_plans[cid], a) for cid, a in acts.items()}
 
     # ------------------------------------------------------------------ queries
-    def heads(self, cids: list[int], group: str) -> dict[int, ArrayRecord]:
-        """``query.head``: the current head of each of ``cids`` that answers."""
+    def heads(self, cids: list[int], group: str, stats: EpochStats) -> dict[int, ArrayRecord]:
+        """``query.head``: the current head of each of ``cids`` that answers and passes the
+        gate (checked against the aggregated head; a refused one counts in ``stats``)."""
         by_node = self.roster.by_node(cids)
         contents = {node_id: P.clients_request(c) for node_id, c in by_node.items()}
+        expected = trainable_state(self.roster.head)
         heads: dict[int, ArrayRecord] = {}
+        # A node that does not answer misses one average, not a step: not counted.
         for node_id, reply in self.send(contents, P.QUERY_HEAD, group, EpochStats()).items():
-            heads.update(P.read_heads(reply.content, by_node[node_id]))
+            got, rejected = P.read_heads(reply.content, by_node[node_id], expected, self.limit)
+            self._reject(node_id, P.QUERY_HEAD, rejected, stats, "left out of the head average")
+            heads.update(got)
         return heads
 
     def states(self, cids: list[int], group: str) -> dict[int, dict[str, object]]:

@@ -2,7 +2,8 @@
 
 The roster starts from discovery (``query.info``) and follows membership during the run:
 a SuperNode that died and came back has a new node id, so an online node not seen before
-is asked which clients it serves, and those clients move to it. The roster also owns head
+is asked which clients it serves, and those clients move to it once their old node is
+gone from the node list (never while it is still online). The roster also owns head
 sync: which node still needs the aggregated head (sent with its next ``train.forward``),
 and the FedAvg of the heads at the end of an epoch.
 """
@@ -19,6 +20,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from mpsl_flwr.models.head import ClientHead
 from mpsl_flwr.models.split_model import load_trainable_state, trainable_state
 from mpsl_flwr.protocol import discovery as D
+from mpsl_flwr.protocol.gate import PayloadError
 from mpsl_flwr.protocol.transport import Exchange, make_messages, nodes_of, reply_error
 from mpsl_flwr.state import from_array_record, to_array_record
 from strategies.discovery import ClientInfo
@@ -37,6 +39,7 @@ class Roster:
         self._rejoined: set[int] = set()  # nodes owed the current head
         self._moved: set[int] = set()  # clients that changed node since their last batch
         self._foreign: set[int] = set()  # nodes serving no client of this run
+        self._refused: set[int] = set()  # nodes claiming clients whose node is still online
 
     def by_node(self, cids: Iterable[int]) -> dict[int, list[int]]:
         """``cids`` grouped by the node that serves them (sorted)."""
@@ -46,35 +49,72 @@ class Roster:
         return self.clients[cid].node_id
 
     # ------------------------------------------------------------------ membership
-    def refresh(self, grid: Grid, exchange: Exchange, timeout: float, ttl: float) -> set[int]:
-        """Online node ids; a node not seen before is asked which clients it serves."""
+    def refresh(
+        self, grid: Grid, exchange: Exchange, timeout: float, ttl: float, max_partition_size: int
+    ) -> set[int]:
+        """Online node ids; a node not seen before is asked which clients it serves.
+
+        A client moves to the new node only if its old node is gone from the SuperLink's
+        node list (a restarted SuperNode gets a new id; a second node claiming a live
+        client is an impostor or a misconfiguration, and is refused until the old node
+        is gone). A node whose answer fails the gate, or that serves clients outside the
+        run, is ignored for good.
+        """
         online = set(grid.get_node_ids())
         known = {c.node_id for c in self.clients.values()}
         new = online - known - self._foreign - exchange.busy_nodes()
+        if not known - online:
+            new -= self._refused  # their clients' nodes are all still there
         if not new:
             return online
         messages = make_messages({n: D.info_request() for n in new}, D.QUERY_INFO, "rejoin", ttl)
         replies, _ = exchange(messages, timeout)
-        for node_id, reply in replies.items():
-            if reply_error(reply) is not None:
+        for node_id in sorted(replies):
+            if reply_error(replies[node_id]) is not None:
                 continue  # asked again at the next step
-            cids = D.read_info_reply(reply.content).clients
-            unknown = [c for c in cids if c not in self.clients]
-            if unknown:
-                log.warning("Node %d serves unknown clients %s; it is ignored.", node_id, unknown)
+            try:
+                cids = D.read_info_reply(replies[node_id].content, max_partition_size).clients
+            except PayloadError as err:
+                log.warning(
+                    "Node %d sent a bad query.info reply (%s); it is ignored.", node_id, err
+                )
                 self._foreign.add(node_id)
                 continue
-            for cid in cids:
-                log.warning(
-                    "Client %d rejoined on node %d (was node %d).",
-                    cid,
-                    node_id,
-                    self.clients[cid].node_id,
-                )
-                self.clients[cid].node_id = node_id
-                self._moved.add(cid)
-            self._rejoined.add(node_id)
+            if self._admit(node_id, cids, online):
+                self._refused.discard(node_id)
+            else:
+                self._refused.add(node_id)
         return online
+
+    def _admit(self, node_id: int, cids: list[int], online: set[int]) -> bool:
+        """Move ``cids`` to ``node_id`` if they are clients of the run whose old node is gone."""
+        unknown = [c for c in cids if c not in self.clients]
+        if unknown:
+            log.warning("Node %d serves unknown clients %s; it is ignored.", node_id, unknown)
+            self._foreign.add(node_id)
+            return True
+        for cid in cids:
+            if (old := self.clients[cid].node_id) in online:
+                log.warning(
+                    "Node %d claims client %d, which node %d still serves (online); refused "
+                    "until node %d is gone.",
+                    node_id,
+                    cid,
+                    old,
+                    old,
+                )
+                return False
+        for cid in cids:
+            log.warning(
+                "Client %d rejoined on node %d (was node %d).",
+                cid,
+                node_id,
+                self.clients[cid].node_id,
+            )
+            self.clients[cid].node_id = node_id
+            self._moved.add(cid)
+        self._rejoined.add(node_id)
+        return True
 
     def take_moved(self) -> set[int]:
         """Clients that changed node since the last call (their prefetched batch is void)."""

@@ -16,11 +16,13 @@ their next batch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from typing import Any
 
+import torch
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
@@ -133,9 +135,10 @@ class MPSL:
         result = Result()
         for epoch in range(first_epoch, self.cfg.epochs):
             record = self.run_epoch(epoch, steps)
+            self._require_finite(epoch)
             report_epoch(result, record, self.head, self.server_model, evaluate_fn, on_epoch_end)
             if checkpointing is not None:
-                checkpointing.save_if_due(epoch + 1, lambda e=epoch: self._checkpoint(e))
+                checkpointing.save_if_due(epoch + 1, functools.partial(self._checkpoint, epoch))
         result.arrays = model_arrays(self.head, self.server_model)
         return result
 
@@ -145,7 +148,7 @@ class MPSL:
         traffic0 = self.meter.totals()
         stats, plan = self.train_epoch(epoch, steps)
         trained = {cid: n for cid, n in plan.seen.items() if n > 0}
-        heads = self.legs.heads(list(trained), f"e{epoch}head")
+        heads = self.legs.heads(list(trained), f"e{epoch}head", stats)
         if not self.roster.average_heads(heads, trained):
             log.warning("No client head reached the server after epoch %d.", epoch + 1)
         if self.cfg.head_sync == "push":
@@ -224,7 +227,11 @@ class MPSL:
     def _present(self, batches: dict, stats: EpochStats) -> dict:
         """The batches of clients whose node is online (others count as dropped)."""
         online = self.roster.refresh(
-            self.grid, self.exchange, self.cfg.step_timeout, message_ttl(self.cfg)
+            self.grid,
+            self.exchange,
+            self.cfg.step_timeout,
+            message_ttl(self.cfg),
+            self.cfg.max_partition_size,
         )
         gone = [cid for cid in batches if self.roster.node_of(cid) not in online]
         stats.dropped += len(gone)
@@ -234,6 +241,22 @@ class MPSL:
         """Planned clients whose node is online and holds no unanswered message."""
         online = set(self.grid.get_node_ids()) - self.exchange.busy_nodes()
         return [cid for cid in batches if self.roster.node_of(cid) in online]
+
+    def _require_finite(self, epoch: int) -> None:
+        """End the run if the server model or the aggregated head holds NaN or Inf.
+
+        The gate keeps non-finite and oversized payloads out, so this should never fire;
+        if it does (an overflow from plausible inputs, a learning rate far too high), every
+        later step would only spread it, and the run must fail rather than report.
+        """
+        for side, module in (("server model", self.server_model), ("aggregated head", self.head)):
+            for name, p in module.named_parameters():
+                if not torch.isfinite(p).all():
+                    raise RuntimeError(
+                        f"Epoch {epoch + 1}: the {side}'s '{name}' became non-finite (NaN or "
+                        "Inf), so the run stops. Check the warnings above for clients that "
+                        "were dropped, and lower learning-rate if none were."
+                    )
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int) -> dict[str, Any]:

@@ -1,0 +1,415 @@
+"""A hostile client cannot crash, stall, poison or impersonate (issue 16).
+
+Each case is an attack a client can mount with nothing but its replies, tried through
+:class:`~mpsl_flwr.local_grid.LocalGrid` (``reply_fault`` rewrites what a node sends).
+Each asserts that the run goes on (or fails clearly where that is right), that the
+warning names the offender (client, node, leg, what was wrong), that the bad step counts
+in ``dropped-client-steps``, and that the server model is bit-identical to before the
+bad payload. See docs/security.md for what is and is not validated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from clients.client_app import app as client_app
+from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.local_grid import LocalGrid
+from mpsl_flwr.models.split_model import trainable_state
+from mpsl_flwr.protocol import discovery as D
+from mpsl_flwr.protocol import mpsl as P
+from mpsl_flwr.protocol.transport import Exchange
+from mpsl_flwr.split_server import SplitServer
+from strategies.discovery import discover_clients
+from strategies.mpsl import MPSL
+from strategies.runner import run_experiment
+
+Tamper = Callable[[RecordDict], None]
+
+
+# ------------------------------------------------------------------ tampering helpers
+def _arrays(key: str, change: Callable[[Array], Array]) -> Tamper:
+    """Rewrite every Array of record ``key`` with ``change``."""
+
+    def tamper(content: RecordDict) -> None:
+        record = content[key]
+        content[key] = ArrayRecord({n: change(a) for n, a in record.items()})  # type: ignore[union-attr]
+
+    return tamper
+
+
+def _values(key: str, change: Callable[[np.ndarray], np.ndarray]) -> Tamper:
+    """Rewrite the values of record ``key`` (a well-formed Array of the new values)."""
+    return _arrays(key, lambda a: Array(np.ascontiguousarray(change(a.numpy().copy()))))
+
+
+def _replace(key: str, record: object) -> Tamper:
+    def tamper(content: RecordDict) -> None:
+        content[key] = record  # type: ignore[assignment]
+
+    return tamper
+
+
+def _delete(key: str) -> Tamper:
+    def tamper(content: RecordDict) -> None:
+        del content[key]
+
+    return tamper
+
+
+def _stats(key: str, **changes: object) -> Tamper:
+    """Change some entries of the MetricRecord ``key``."""
+
+    def tamper(content: RecordDict) -> None:
+        values = dict(content[key].items())  # type: ignore[union-attr]
+        values.update({k.replace("_", "-"): v for k, v in changes.items()})
+        content[key] = MetricRecord(values)  # type: ignore[arg-type]
+
+    return tamper
+
+
+def _header_disagrees(a: Array) -> Array:
+    """The header says one shape, the payload holds fewer bytes."""
+    return Array(a.dtype, tuple(a.shape), a.stype, a.data[:-64])
+
+
+def _unknown_stype(a: Array) -> Array:
+    return Array(a.dtype, tuple(a.shape), "torch.tensor", a.data)
+
+
+def _rows(factor: float) -> Callable[[Array], Array]:
+    """The header claims the planned shape; the payload holds ``factor`` times the rows."""
+
+    def change(a: Array) -> Array:
+        values = a.numpy()
+        n = max(1, int(len(values) * factor))
+        more = np.concatenate([values] * math.ceil(factor))[:n] if factor > 1 else values[:n]
+        return Array(a.dtype, tuple(a.shape), a.stype, Array(np.ascontiguousarray(more)).data)
+
+    return change
+
+
+def _trailing_bytes(a: Array) -> Array:
+    """A well-formed .npy payload (header agrees) followed by as many bytes again."""
+    return Array(a.dtype, tuple(a.shape), a.stype, a.data + bytes(len(a.data)))
+
+
+# ------------------------------------------------------------------ one-node, one-step runs
+@dataclass
+class Outcome:
+    server_before: dict[str, torch.Tensor]
+    server_after: dict[str, torch.Tensor]
+    head_before: dict[str, torch.Tensor]
+    head_after: dict[str, torch.Tensor]
+    rows: list
+    mpsl: MPSL
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def run_with(
+    tiny, leg: str, tamper: Tamper, nodes: int = 1, bad_node: int = 1000, **overrides
+) -> Outcome:
+    """``nodes`` nodes; node ``bad_node``'s replies to ``leg`` go through ``tamper``.
+
+    With one node (the default) one step covers the whole epoch (batch >= data), so the
+    bad reply is the only one of its leg and must leave the server untouched.
+    """
+    if nodes == 1:
+        overrides = {"synthetic_train_size": 16, "batch_size": 16, **overrides}
+    else:
+        overrides = {"dirichlet_alpha": 1.0, **overrides}
+    cfg = tiny(**overrides)
+    mpsl = MPSL(Experiment.from_config(cfg))
+    server_before = _clone(trainable_state(mpsl.server_model))
+    head_before = _clone(trainable_state(mpsl.head))
+    grid = LocalGrid(client_app, nodes, cfg.to_mapping())
+
+    def reply_fault(node_id: int, reply: Message) -> Message:
+        if node_id == bad_node and reply.has_content() and reply.metadata.message_type == leg:
+            tamper(reply.content)
+        return reply
+
+    grid.reply_fault = reply_fault
+    rows: list = []
+    mpsl.start(grid, on_epoch_end=rows.append)
+    return Outcome(
+        server_before,
+        _clone(trainable_state(mpsl.server_model)),
+        head_before,
+        _clone(trainable_state(mpsl.head)),
+        rows,
+        mpsl,
+    )
+
+
+def assert_identical(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> None:
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+
+
+ACT, GRAD, STATS = P.act_key(0), P.grad_key(0), P.stats_key(0)
+
+# (leg, tamper, what the warning says after "sent bad", the problem it names)
+STEP_ATTACKS = {
+    # 1. Crash by record type or malformed array.
+    "act-as-configrecord": (
+        P.FORWARD,
+        _replace(ACT, ConfigRecord({"x": 1})),
+        "activations",
+        "is a ConfigRecord",
+    ),
+    "grad-as-configrecord": (
+        P.LOSS,
+        _replace(GRAD, ConfigRecord({"x": 1})),
+        "output gradient",
+        "is a ConfigRecord",
+    ),
+    "act-header-vs-payload": (P.FORWARD, _arrays(ACT, _header_disagrees), "activations", "payload"),
+    "grad-header-vs-payload": (
+        P.LOSS,
+        _arrays(GRAD, _header_disagrees),
+        "output gradient",
+        "payload",
+    ),
+    "act-unknown-stype": (P.FORWARD, _arrays(ACT, _unknown_stype), "activations", "stype"),
+    "loss-without-stats": (P.LOSS, _delete(STATS), "statistics", "no 'stats.0'"),
+    "loss-num-examples-nan": (
+        P.LOSS,
+        _stats(STATS, num_examples=float("nan")),
+        "statistics",
+        "num-examples",
+    ),
+    "loss-as-list": (P.LOSS, _stats(STATS, loss=[1.0, 2.0]), "statistics", "'loss'"),
+    "act-stats-as-configrecord": (
+        P.FORWARD,
+        _replace(STATS, ConfigRecord({"num-examples": 16})),
+        "statistics",
+        "is a ConfigRecord",
+    ),
+    # 2. More (or fewer) rows than planned behind a header that claims the plan.
+    "act-more-rows": (P.FORWARD, _arrays(ACT, _rows(2)), "activations", "payload"),
+    "act-fewer-rows": (P.FORWARD, _arrays(ACT, _rows(0.5)), "activations", "payload"),
+    "act-trailing-bytes": (P.FORWARD, _arrays(ACT, _trailing_bytes), "activations", "payload"),
+    "grad-more-rows": (P.LOSS, _arrays(GRAD, _rows(2)), "output gradient", "payload"),
+    # 4. Finite but huge values.
+    "act-1e30": (P.FORWARD, _values(ACT, lambda a: a * 1e30), "activations", "max-abs-activation"),
+    "grad-1e3": (P.LOSS, _values(GRAD, lambda a: a * 1e3), "output gradient", "exceeds"),
+    # 5. Lying statistics.
+    "loss-correct-too-many": (P.LOSS, _stats(STATS, correct=93750), "statistics", "'correct'"),
+    "loss-negative": (P.LOSS, _stats(STATS, loss=-7e9), "statistics", "'loss'"),
+    "loss-infinite": (P.LOSS, _stats(STATS, loss=float("inf")), "statistics", "'loss'"),
+    "loss-num-examples-lie": (
+        P.LOSS,
+        _stats(STATS, num_examples=1000),
+        "statistics",
+        "num-examples",
+    ),
+    "act-num-examples-lie": (
+        P.FORWARD,
+        _stats(STATS, num_examples=1000),
+        "statistics",
+        "num-examples",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", list(STEP_ATTACKS))
+def test_a_bad_step_reply_is_rejected_named_and_leaves_the_server_untouched(tiny, caplog, attack):
+    leg, tamper, what, problem = STEP_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(tiny, leg, tamper)
+    warning = next(r.getMessage() for r in caplog.records if "sent bad" in r.getMessage())
+    assert f"Client 0 (node 1000) sent bad {what}" in warning
+    assert problem in warning
+    assert leg in warning
+    # The one step of the epoch, and the one overtime step that retries the client.
+    assert out.rows[0]["dropped-client-steps"] == 2
+    assert out.rows[0]["samples-trained"] == 0
+    assert_identical(out.server_before, out.server_after)
+
+
+def test_other_clients_still_train_when_one_sends_huge_activations(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(
+            tiny, P.FORWARD, _values(P.act_key(1), lambda a: a * 1e30), nodes=3, bad_node=1001
+        )
+    assert "Client 1 (node 1001) sent bad activations" in caplog.text
+    assert 0 < out.rows[0]["samples-trained"] < 96
+    assert all(torch.isfinite(v).all() for v in out.server_after.values())
+
+
+def test_the_happy_path_passes_the_gate(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(tiny, "none", lambda content: None, nodes=3)
+    assert "sent bad" not in caplog.text
+    assert out.rows[0]["dropped-client-steps"] == 0
+    assert out.rows[0]["samples-trained"] == 96
+
+
+# ------------------------------------------------------------------ 3. heads
+HEAD = P.head_key(0)
+HEAD_ATTACKS = {
+    "nan": (_values(HEAD, lambda a: a * np.nan), "NaN or Inf"),
+    "wrong-shape": (_values(HEAD, lambda a: a[..., :1] if a.ndim else a), "has shape"),
+    "huge-norm": (_values(HEAD, lambda a: a * 1e3), "norm"),
+    "as-configrecord": (_replace(HEAD, ConfigRecord({"x": 1})), "is a ConfigRecord"),
+    "header-vs-payload": (_arrays(HEAD, _header_disagrees), "payload"),
+}
+
+
+@pytest.mark.parametrize("attack", list(HEAD_ATTACKS))
+def test_a_bad_head_is_left_out_of_the_average(tiny, caplog, attack):
+    tamper, problem = HEAD_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(tiny, P.QUERY_HEAD, tamper)
+    warning = next(r.getMessage() for r in caplog.records if "sent bad" in r.getMessage())
+    assert "Client 0 (node 1000) sent bad head" in warning
+    assert problem in warning and P.QUERY_HEAD in warning
+    assert out.rows[0]["dropped-client-steps"] == 1
+    # The only head was refused: the aggregated head is the one before the epoch.
+    assert_identical(out.head_before, out.head_after)
+
+
+def test_the_other_heads_are_averaged_without_the_bad_one(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(
+            tiny, P.QUERY_HEAD, _values(P.head_key(1), lambda a: a * np.nan), nodes=3, bad_node=1001
+        )
+    assert "Client 1 (node 1001) sent bad head" in caplog.text
+    assert all(torch.isfinite(v).all() for v in out.head_after.values())
+    assert any(not torch.equal(out.head_after[k], v) for k, v in out.head_before.items())
+
+
+# ------------------------------------------------------------------ discovery and identity
+def _discover(tiny, tamper_info: Callable[[int, RecordDict], None], nodes: int = 2, **overrides):
+    """Run discovery only (MPSL.start up to the roster) with ``tamper_info`` on query.info."""
+    cfg = tiny(dirichlet_alpha=1.0, **overrides)
+    grid = LocalGrid(client_app, nodes, cfg.to_mapping())
+
+    def reply_fault(node_id: int, reply: Message) -> Message:
+        if reply.has_content() and reply.metadata.message_type == D.QUERY_INFO:
+            tamper_info(node_id, reply.content)
+        return reply
+
+    grid.reply_fault = reply_fault
+    t0 = time.monotonic()
+    clients = discover_clients(grid, Exchange(grid), cfg)
+    return clients, time.monotonic() - t0
+
+
+def _info_of(node: int, **changes: object) -> Callable[[int, RecordDict], None]:
+    def tamper(node_id: int, content: RecordDict) -> None:
+        if node_id == node:
+            values = dict(content[D.INFO].items())  # type: ignore[union-attr]
+            values.update({k.replace("_", "-"): v for k, v in changes.items()})
+            content[D.INFO] = ConfigRecord(values)  # type: ignore[arg-type]
+
+    return tamper
+
+
+INFO_ATTACKS = {
+    # 1. garbage
+    "garbage": (_info_of(1001, clients="zzz"), "'clients'"),
+    "as-metricrecord": (
+        lambda n, c: c.__setitem__(D.INFO, MetricRecord({"x": 1.0})) if n == 1001 else None,
+        "is a MetricRecord",
+    ),
+    "lengths-disagree": (_info_of(1001, num_examples=[1, 2, 3]), "num-examples"),
+    # 5. a partition larger than max-partition-size
+    "huge-partition": (_info_of(1001, num_examples=[10**6]), "max-partition-size"),
+}
+
+
+@pytest.mark.parametrize("attack", list(INFO_ATTACKS))
+def test_a_bad_info_reply_refuses_the_node_and_discovery_goes_on(tiny, caplog, attack):
+    tamper, problem = INFO_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        clients, _ = _discover(tiny, tamper, node_wait_timeout=1.0)
+    warning = next(r.getMessage() for r in caplog.records if "query.info" in r.getMessage())
+    assert "Node 1001" in warning and "refused" in warning and problem in warning
+    assert list(clients) == [0] and clients[0].node_id == 1000
+
+
+def test_a_node_claiming_many_clients_does_not_stall_discovery(tiny):
+    clients, took = _discover(tiny, _info_of(1001, num_clients=1000), node_wait_timeout=60.0)
+    assert sorted(clients) == [0, 1]
+    assert took < 10  # not the 60 s node-wait-timeout
+
+
+def test_a_second_claimant_of_a_client_is_refused_at_discovery(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        clients, _ = _discover(tiny, _info_of(1001, clients=[0]), node_wait_timeout=1.0)
+    assert clients[0].node_id == 1000
+    assert "Node 1001 claims client 0, which node 1000 already serves" in caplog.text
+
+
+def test_rejoin_moves_a_client_only_after_its_old_node_is_gone(tiny, caplog):
+    cfg = tiny(dirichlet_alpha=1.0)
+    grid = LocalGrid(client_app, 3, cfg.to_mapping())
+    events: dict[str, int] = {}
+
+    def fault(node_id: int, msg: Message):
+        if msg.metadata.group_id == "e0s1" and "impostor" not in events:
+            # A new node claims client 1 while node 1001 still serves it.
+            events["impostor"] = grid.restart(1001)
+        return msg
+
+    grid.fault = fault
+    mpsl = MPSL(Experiment.from_config(cfg))
+    rows: list = []
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        mpsl.start(grid, on_epoch_end=rows.append)
+    impostor = events["impostor"]
+    assert f"Node {impostor} claims client 1, which node 1001 still serves (online)" in caplog.text
+    assert mpsl.clients[1].node_id == 1001
+    assert rows[0]["samples-trained"] == 96
+
+
+# ------------------------------------------------------------------ 7. runs that trained nothing
+def _summary(output_dir: Path) -> dict:
+    (path,) = output_dir.glob("*/summary.json")
+    return json.loads(path.read_text())
+
+
+def test_an_epoch_that_trained_nothing_fails_the_run(tiny, tmp_path):
+    cfg = tiny(synthetic_train_size=16, batch_size=16, output_dir=str(tmp_path / "runs"))
+    grid = LocalGrid(client_app, 1, cfg.to_mapping())
+
+    def poison(node_id: int, reply: Message) -> Message:
+        if reply.has_content() and P.act_key(0) in reply.content:
+            _values(P.act_key(0), lambda a: a * np.nan)(reply.content)
+        return reply
+
+    grid.reply_fault = poison
+    with pytest.raises(RuntimeError, match="Epoch 1 trained no sample"):
+        run_experiment(cfg, grid)
+    assert _summary(tmp_path / "runs")["status"] == "failed"
+
+
+def test_a_non_finite_server_model_fails_the_run(tiny, tmp_path, monkeypatch):
+    step = SplitServer._step
+
+    def overflowing_step(self, present):
+        cut = step(self, present)
+        next(self.model.parameters()).data.fill_(float("inf"))  # as an overflow would
+        return cut
+
+    monkeypatch.setattr(SplitServer, "_step", overflowing_step)
+    cfg = tiny(output_dir=str(tmp_path / "runs"))
+    with pytest.raises(RuntimeError, match="non-finite"):
+        run_experiment(cfg, LocalGrid(client_app, 2, cfg.to_mapping()))
+    assert _summary(tmp_path / "runs")["status"] == "failed"
