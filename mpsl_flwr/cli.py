@@ -9,6 +9,7 @@ command                  here                            does the work
 ``mpsl-costs``           :func:`costs`                   :mod:`mpsl_flwr.tools.cost_table`
 ``mpsl-traffic-sweep``   :func:`traffic_sweep`           :mod:`mpsl_flwr.tools.traffic_sweep`
 ``mpsl-partition-plot``  :func:`partition_plot`          :mod:`mpsl_flwr.tools.partition_plot`
+``mpsl-label-attack``    :func:`label_attack`            :mod:`mpsl_flwr.tools.label_attack`
 ``mpsl-centralized``     :func:`centralized`             :mod:`strategies.centralized`
 =======================  ==============================  ===============================
 
@@ -252,6 +253,38 @@ def partition_plot(argv: list[str] | None = None) -> None:
     tool.run(parser.parse_args(argv))
 
 
+def label_attack(argv: list[str] | None = None) -> int:
+    """``mpsl-label-attack``: label inference attacks on what the MPSL server receives."""
+    from mpsl_flwr.tools import label_attack as tool
+
+    parser = argparse.ArgumentParser(
+        prog="mpsl-label-attack",
+        description=_summary(tool.__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--nodes", type=int, default=10, help="in-process nodes (clients)")
+    _run_config_arg(parser, "'key=value ...' of the attacked run (dataset, epochs, ...)")
+    parser.add_argument(
+        "--epochs-attacked",
+        type=_int_list,
+        default=[1],
+        metavar="E[,E...]",
+        help="epochs (from 1) whose steps are recorded and attacked (default: 1)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=3, metavar="K", help="attack the first K steps of each"
+    )
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "label-attack")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    args.overrides = _overrides(args.run_config)
+    try:
+        return tool.run(args)
+    except tool.NotAttackableError as err:
+        parser.exit(2, f"mpsl-label-attack: error: {err}\n")
+
+
 def centralized(argv: list[str] | None = None) -> None:
     """``mpsl-centralized [key=value ...]``: centralized training, the same keys as
     ``flwr run``, no Flower at all."""
@@ -275,6 +308,7 @@ COMMANDS: dict[str, Callable[[list[str] | None], int | None]] = {
     "costs": costs,
     "traffic-sweep": traffic_sweep,
     "partition-plot": partition_plot,
+    "label-attack": label_attack,
     "centralized": centralized,
 }
 """``python -m mpsl_flwr.cli <command>``: the installed ``mpsl-<command>`` scripts."""

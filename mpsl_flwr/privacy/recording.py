@@ -1,0 +1,244 @@
+"""Recording exactly what an MPSL server receives, for the label attacks to run on.
+
+:class:`RecordingGrid` wraps the :class:`flwr.serverapp.Grid` a strategy talks to (like
+:class:`~mpsl_flwr.protocol.transport.MeteredGrid`) and keeps a copy of every reply the
+server pulls in the chosen epochs and first ``steps`` steps (its message type, group
+id, source node and content), plus the messages the server itself pushed in those steps,
+which say which batch plan a reply answers and carry the cut-layer gradients the server
+computed. It adds no message, changes none and reads no client data: a run with and
+without it is the same run (``tests/test_label_attacks.py`` checks the final weights bit
+for bit).
+
+:func:`loss_gradients` and :func:`cut_gradients` turn a recording into per-client
+:class:`Observation` s (plan + arrays): the material of :mod:`mpsl_flwr.privacy.attacks`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from mpsl_flwr.protocol import mpsl as P
+
+#: Group ids of the legs of one MPSL step (``StepPlan.group``): ``e<epoch>s<step>``.
+STEP_GROUP = re.compile(r"^e(\d+)s(\d+)$")
+
+
+def step_of(group_id: str) -> tuple[int, int] | None:
+    """``(epoch, step)`` (both from 0) of a step's group id; None for other groups
+    (discovery, head queries, checkpoints)."""
+    m = STEP_GROUP.match(group_id)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass(frozen=True)
+class RecordedMessage:
+    """One message of an attacked step, as the server saw it.
+
+    ``node_id`` is the source of a received reply and the destination of a sent message;
+    ``message_id`` is the sent message's id, or for a reply the id it answers, so the two
+    pair up. ``content`` is a deep copy, untouched by whatever the server does next.
+    """
+
+    direction: Literal["sent", "received"]
+    message_type: str
+    group_id: str
+    epoch: int
+    step: int
+    node_id: int
+    message_id: str
+    content: RecordDict
+
+
+class RecordingGrid(Grid):
+    """A :class:`Grid` that passes everything through and records the attacked steps.
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid to wrap (``LocalGrid``, Flower's in-memory or HTTP grid).
+    epochs : epochs to record, from 0 as in the group ids (None: all).
+    steps : record steps ``0 .. steps - 1`` of each recorded epoch.
+    message_types : the legs to record (default: every leg of a step).
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        epochs: Collection[int] | None = None,
+        steps: int = 1,
+        message_types: Collection[str] | None = None,
+    ) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1 (steps recorded per epoch), got {steps}.")
+        self.inner = grid
+        self.epochs = None if epochs is None else frozenset(epochs)
+        self.steps = steps
+        self.message_types = None if message_types is None else frozenset(message_types)
+        self.poll_interval = 0.01
+        self.sent: list[RecordedMessage] = []
+        self.received: list[RecordedMessage] = []
+
+    # ------------------------------------------------------------------ selection
+    def _wanted(self, message: Message) -> tuple[int, int] | None:
+        meta = message.metadata
+        if self.message_types is not None and meta.message_type not in self.message_types:
+            return None
+        at = step_of(meta.group_id)
+        if at is None or at[1] >= self.steps:
+            return None
+        if self.epochs is not None and at[0] not in self.epochs:
+            return None
+        return at
+
+    def _keep(
+        self, log: list[RecordedMessage], message: Message, direction: str, node: int, mid: str
+    ) -> None:
+        at = self._wanted(message)
+        if at is None or not message.has_content():
+            return
+        log.append(
+            RecordedMessage(
+                direction,  # type: ignore[arg-type]
+                message.metadata.message_type,
+                message.metadata.group_id,
+                at[0],
+                at[1],
+                node,
+                mid,
+                copy.deepcopy(message.content),
+            )
+        )
+
+    # ------------------------------------------------------------------ Grid
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = list(self.inner.push_messages(messages))
+        for msg, mid in zip(messages, ids, strict=True):
+            self._keep(self.sent, msg, "sent", msg.metadata.dst_node_id, mid)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self.inner.pull_messages(message_ids))
+        for reply in replies:
+            meta = reply.metadata
+            self._keep(self.received, reply, "received", meta.src_node_id, meta.reply_to_message_id)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push, then pull until every reply is in or ``timeout`` passes, through this
+        grid's own push and pull, so that nothing bypasses the recording."""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            got = list(self.pull_messages(pending))
+            replies.extend(got)
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll_interval)
+        return replies
+
+
+# ------------------------------------------------------------------ observations
+@dataclass(frozen=True)
+class Observation:
+    """What the server holds about one client's batch in one leg of one step."""
+
+    epoch: int
+    step: int
+    cid: int
+    node_id: int
+    plan: P.BatchPlan
+    arrays: dict[str, np.ndarray]  # float32, one row per sample
+
+    @property
+    def num_samples(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0])
+
+
+def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: np.asarray(a.numpy(), dtype=np.float32) for name, a in record.items()}
+
+
+def _plans(content: RecordDict) -> dict[int, P.BatchPlan]:
+    config = content.get(P.CONFIG)
+    return P.read_plans(config) if isinstance(config, ConfigRecord) else {}
+
+
+def loss_gradients(grid: RecordingGrid) -> list[Observation]:
+    """``grad.<cid>`` of every recorded ``train.loss`` reply (``dL_n/dz_n`` today), each
+    with the batch plan of the request it answers."""
+    requests = {m.message_id: m for m in grid.sent if m.message_type == P.LOSS}
+    found = []
+    for reply in grid.received:
+        request = requests.get(reply.message_id)
+        if reply.message_type != P.LOSS or request is None:
+            continue
+        for cid, plan in sorted(_plans(request.content).items()):
+            record = reply.content.get(P.grad_key(cid))
+            if isinstance(record, ArrayRecord):
+                found.append(
+                    Observation(reply.epoch, reply.step, cid, reply.node_id, plan, _arrays(record))
+                )
+    return found
+
+
+def cut_gradients(grid: RecordingGrid) -> list[Observation]:
+    """``cut.<cid>`` of every recorded ``train.backward`` request: the cut-layer gradients
+    the server computed from the loss-leg replies (one array per stream)."""
+    found = []
+    for msg in grid.sent:
+        if msg.message_type != P.BACKWARD:
+            continue
+        for cid, plan in sorted(_plans(msg.content).items()):
+            record = msg.content.get(P.cut_key(cid))
+            if isinstance(record, ArrayRecord):
+                found.append(
+                    Observation(msg.epoch, msg.step, cid, msg.node_id, plan, _arrays(record))
+                )
+    return found
+
+
+def stacked(observations: Iterable[Observation]) -> np.ndarray:
+    """The observations' arrays as one matrix, one flattened row per sample (streams
+    concatenated in name order)."""
+    blocks = [
+        np.concatenate([o.arrays[k].reshape(o.num_samples, -1) for k in sorted(o.arrays)], axis=1)
+        for o in observations
+    ]
+    if not blocks:
+        raise ValueError("no observation to stack: nothing was recorded for these steps.")
+    return np.concatenate(blocks, axis=0)
