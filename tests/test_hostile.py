@@ -379,6 +379,33 @@ def test_rejoin_moves_a_client_only_after_its_old_node_is_gone(tiny, caplog):
     assert rows[0]["samples-trained"] == 96
 
 
+def test_a_silent_node_that_is_still_listed_gives_its_client_to_its_replacement(tiny, caplog):
+    """A SuperNode killed in deployment stays on the node list until its heartbeat expires:
+    once the server has given up on it (a leg timed out), its restarted replacement may
+    take its client over; while it still answers it may not (the test above)."""
+    cfg = tiny(dirichlet_alpha=1.0, epochs=2, step_timeout=0.3)
+    grid = LocalGrid(client_app, 3, cfg.to_mapping())
+    events: dict[str, int] = {}
+
+    def fault(node_id: int, msg: Message) -> Message | None:
+        if msg.metadata.group_id == "e0s2" and "restarted" not in events:
+            events["restarted"] = grid.restart(1001)  # 1001 stays listed, silent
+        if node_id == 1001 and msg.metadata.group_id != "info":
+            return None  # silent from the first step on
+        return msg
+
+    grid.fault = fault
+    mpsl = MPSL(Experiment.from_config(cfg))
+    rows: list = []
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        mpsl.start(grid, on_epoch_end=rows.append)
+    new = events["restarted"]
+    assert 1001 in grid.get_node_ids()
+    assert f"Client 1 rejoined on node {new} (was node 1001)" in caplog.text
+    assert mpsl.clients[1].node_id == new
+    assert rows[1]["samples-trained"] == 96
+
+
 # ------------------------------------------------------------------ 7. runs that trained nothing
 def _summary(output_dir: Path) -> dict:
     (path,) = output_dir.glob("*/summary.json")

@@ -54,17 +54,20 @@ class Roster:
     ) -> set[int]:
         """Online node ids; a node not seen before is asked which clients it serves.
 
-        A client moves to the new node only if its old node is gone from the SuperLink's
-        node list (a restarted SuperNode gets a new id; a second node claiming a live
-        client is an impostor or a misconfiguration, and is refused until the old node
-        is gone). A node whose answer fails the gate, or that serves clients outside the
-        run, is ignored for good.
+        A client moves to the new node only if its old node is gone: off the SuperLink's
+        node list, or silent (it holds a message the server gave up on after
+        ``step-timeout``; a SuperNode killed in deployment stays listed until its
+        heartbeat expires, up to 60 s in Flower 1.41). A restarted SuperNode gets a new
+        id; a second node claiming a client whose node still answers is an impostor or a
+        misconfiguration, and is refused until that node is gone. A node whose answer
+        fails the gate, or that serves clients outside the run, is ignored for good.
         """
         online = set(grid.get_node_ids())
+        busy = exchange.busy_nodes()
         known = {c.node_id for c in self.clients.values()}
-        new = online - known - self._foreign - exchange.busy_nodes()
-        if not known - online:
-            new -= self._refused  # their clients' nodes are all still there
+        new = online - known - self._foreign - busy
+        if not (known - online) | (known & busy):
+            new -= self._refused  # their clients' nodes are all still there and answering
         if not new:
             return online
         messages = make_messages({n: D.info_request() for n in new}, D.QUERY_INFO, "rejoin", ttl)
@@ -80,21 +83,22 @@ class Roster:
                 )
                 self._foreign.add(node_id)
                 continue
-            if self._admit(node_id, cids, online):
+            if self._admit(node_id, cids, online - busy):
                 self._refused.discard(node_id)
             else:
                 self._refused.add(node_id)
         return online
 
-    def _admit(self, node_id: int, cids: list[int], online: set[int]) -> bool:
-        """Move ``cids`` to ``node_id`` if they are clients of the run whose old node is gone."""
+    def _admit(self, node_id: int, cids: list[int], answering: set[int]) -> bool:
+        """Move ``cids`` to ``node_id`` if they are clients of the run whose old node is gone
+        (not in ``answering``: listed and holding no message the server gave up on)."""
         unknown = [c for c in cids if c not in self.clients]
         if unknown:
             log.warning("Node %d serves unknown clients %s; it is ignored.", node_id, unknown)
             self._foreign.add(node_id)
             return True
         for cid in cids:
-            if (old := self.clients[cid].node_id) in online:
+            if (old := self.clients[cid].node_id) in answering:
                 log.warning(
                     "Node %d claims client %d, which node %d still serves (online); refused "
                     "until node %d is gone.",
