@@ -16,8 +16,6 @@ for bit).
 from __future__ import annotations
 
 import copy
-import re
-import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -25,19 +23,9 @@ from typing import Literal
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from mpsl_flwr.protocol import mpsl as P
-
-#: Group ids of the legs of one MPSL step (``StepPlan.group``): ``e<epoch>s<step>``.
-STEP_GROUP = re.compile(r"^e(\d+)s(\d+)$")
-
-
-def step_of(group_id: str) -> tuple[int, int] | None:
-    """``(epoch, step)`` (both from 0) of a step's group id; None for other groups
-    (discovery, head queries, checkpoints)."""
-    m = STEP_GROUP.match(group_id)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+from mpsl_flwr.protocol.transport import GridWrapper
 
 
 @dataclass(frozen=True)
@@ -59,7 +47,7 @@ class RecordedMessage:
     content: RecordDict
 
 
-class RecordingGrid(Grid):
+class RecordingGrid(GridWrapper):
     """A :class:`Grid` that passes everything through and records the attacked steps.
 
     Parameters
@@ -80,11 +68,10 @@ class RecordingGrid(Grid):
     ) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1 (steps recorded per epoch), got {steps}.")
-        self.inner = grid
+        super().__init__(grid)
         self.epochs = None if epochs is None else frozenset(epochs)
         self.steps = steps
         self.message_types = None if message_types is None else frozenset(message_types)
-        self.poll_interval = 0.01
         self.sent: list[RecordedMessage] = []
         self.received: list[RecordedMessage] = []
 
@@ -93,7 +80,7 @@ class RecordingGrid(Grid):
         meta = message.metadata
         if self.message_types is not None and meta.message_type not in self.message_types:
             return None
-        at = step_of(meta.group_id)
+        at = P.step_of(meta.group_id)
         if at is None or at[1] >= self.steps:
             return None
         if self.epochs is not None and at[0] not in self.epochs:
@@ -120,26 +107,6 @@ class RecordingGrid(Grid):
         )
 
     # ------------------------------------------------------------------ Grid
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         ids = list(self.inner.push_messages(messages))
@@ -152,23 +119,6 @@ class RecordingGrid(Grid):
         for reply in replies:
             meta = reply.metadata
             self._keep(self.received, reply, "received", meta.src_node_id, meta.reply_to_message_id)
-        return replies
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        """Push, then pull until every reply is in or ``timeout`` passes, through this
-        grid's own push and pull, so that nothing bypasses the recording."""
-        pending = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while pending:
-            got = list(self.pull_messages(pending))
-            replies.extend(got)
-            pending -= {m.metadata.reply_to_message_id for m in got}
-            if not pending or (deadline is not None and time.monotonic() >= deadline):
-                break
-            time.sleep(self.poll_interval)
         return replies
 
 

@@ -27,6 +27,7 @@ server's tensors; a refusal is a :class:`Rejection` that the server's leg logs a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -93,6 +94,21 @@ def head_key(cid: int) -> str:
 def client_state_key(cid: int, part: str, prefix: str = "state") -> str:
     """A part (``head``, ``optim``, ``optim.cfg``) of a client's saved state in a message."""
     return f"{prefix}.{cid}.{part}"
+
+
+STEP_GROUP = re.compile(r"^e(\d+)s(\d+)$")
+
+
+def step_group(epoch: int, step: int) -> str:
+    """The group id of the legs of one step: ``e<epoch>s<step>`` (both from 0)."""
+    return f"e{epoch}s{step}"
+
+
+def step_of(group_id: str) -> tuple[int, int] | None:
+    """``(epoch, step)`` of a step's group id; None for other groups (discovery, head
+    queries, checkpoints)."""
+    m = STEP_GROUP.match(group_id)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def wire_dtype(activation_dtype: str) -> torch.dtype | None:

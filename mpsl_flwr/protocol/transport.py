@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -106,42 +107,44 @@ class Exchange:
         return replies, list(pending.values())
 
 
-class MeteredGrid(Grid):
-    """A :class:`Grid` that counts the payload bytes of every message it pushes and pulls.
+class GridWrapper(Grid):
+    """A :class:`Grid` that passes everything to ``inner``; subclasses watch
+    :meth:`push_messages` and :meth:`pull_messages`.
 
-    Its ``send_and_receive`` polls every ``poll_interval`` seconds, so wrapping Flower's
+    Its ``send_and_receive`` goes through this grid's own push and pull, so nothing
+    bypasses a subclass, and polls every ``poll_interval`` seconds, so wrapping Flower's
     HTTP grid (which sleeps 3 s between polls) also cuts a deployment's round trip.
     """
 
     def __init__(self, grid: Grid, poll_interval: float = 0.01) -> None:
         self.inner = grid
         self.poll_interval = poll_interval
-        self.meter = TrafficMeter()
 
-    def set_run(self, run) -> None:
+    def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
 
     @property
-    def run(self):
+    def run(self) -> Run:
         return self.inner.run
 
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
         return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return self.inner.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        messages = list(messages)
-        for msg in messages:
-            self.meter.sent[msg.metadata.dst_node_id] += self.meter.count(msg, "down")
         return self.inner.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        replies = list(self.inner.pull_messages(message_ids))
-        for reply in replies:
-            self.meter.received[reply.metadata.src_node_id] += self.meter.count(reply, "up")
-        return replies
+        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -156,6 +159,27 @@ class MeteredGrid(Grid):
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(self.poll_interval)
+        return replies
+
+
+class MeteredGrid(GridWrapper):
+    """A :class:`GridWrapper` that counts the payload bytes of every message it pushes
+    and pulls."""
+
+    def __init__(self, grid: Grid, poll_interval: float = 0.01) -> None:
+        super().__init__(grid, poll_interval)
+        self.meter = TrafficMeter()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        for msg in messages:
+            self.meter.sent[msg.metadata.dst_node_id] += self.meter.count(msg, "down")
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self.inner.pull_messages(message_ids))
+        for reply in replies:
+            self.meter.received[reply.metadata.src_node_id] += self.meter.count(reply, "up")
         return replies
 
 

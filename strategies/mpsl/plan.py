@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from mpsl_flwr.protocol.mpsl import BatchPlan
+from mpsl_flwr.protocol.mpsl import BatchPlan, step_group
 
 Activations = dict[str, Tensor]
 
@@ -37,7 +37,7 @@ class StepPlan:
     @property
     def group(self) -> str:
         """The message group id of this step's legs."""
-        return f"e{self.epoch}s{self.step}"
+        return step_group(self.epoch, self.step)
 
     def due(self, cids: Iterable[int] | None = None) -> dict[int, BatchPlan]:
         """The next batch of every client (or of ``cids``) that has data left."""
