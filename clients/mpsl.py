@@ -40,12 +40,19 @@ def forward(msg: Message, context: Context) -> Message:
 
 
 def loss(msg: Message, context: Context) -> Message:
-    """Loss on the client's own labels; reply with ``dL_n/dz_n``, loss and correct count."""
+    """Loss on the client's own labels; reply with ``dL_n/dz_n``, loss and correct count.
+
+    With a client tail the classifier trained on this loss, so the client is saved.
+    """
     rt = NodeRuntime.from_context(context)
+    request = P.read_loss_request(msg.content)
     reply = RecordDict()
-    for cid, (plan, output) in P.read_loss_request(msg.content).items():
+    for cid, (plan, output) in request.outputs.items():
+        rt.check_client(cid)
         client = rt.split_client(cid, context.state)
-        P.put_loss(reply, cid, P.LossResult(*client.loss_grad(plan, output)))
+        P.put_loss(reply, cid, P.LossResult(*client.loss_grad(plan, output, request.lr)))
+        if client.head.classifier is not None:
+            rt.save(cid, context.state, client)
     return Message(reply, reply_to=msg)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import shlex
 import tomllib
 import types
@@ -41,6 +42,7 @@ PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
 ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
 RetrievalPartition = Literal["iid", "dirichlet-cluster"]
 AdapterSharing = Literal["per-modality", "shared"]
+LabelPrivacy = Literal["none", "client-tail", "label-dp", "client-tail+label-dp"]
 
 
 _Part = TypeVar("_Part", bound="DataclassInstance")
@@ -136,6 +138,24 @@ class FederationConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """How the labels are protected from the server (``label-privacy``, ``label-epsilon``)."""
+
+    label_privacy: LabelPrivacy
+    label_epsilon: float
+
+    @property
+    def client_tail(self) -> bool:
+        """The classifier and the loss live on the client (U-shaped split)."""
+        return "client-tail" in self.label_privacy
+
+    @property
+    def label_dp(self) -> bool:
+        """Each client trains on randomized-response labels (epsilon-label-DP)."""
+        return "label-dp" in self.label_privacy
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where a run writes, how it evaluates and checkpoints, and what it shows."""
 
@@ -198,6 +218,9 @@ class RunConfig:
     max_client_mb: float = 256.0
     max_abs_activation: float = 0.0  # 0 = auto (see strategies.mpsl.legs.activation_bound)
     max_partition_size: int = 500_000
+    # Label privacy (docs/privacy.md)
+    label_privacy: LabelPrivacy = "none"
+    label_epsilon: float = 2.0
     # Devices
     server_device: Device = "auto"
     client_device: Device = "cpu"
@@ -256,6 +279,11 @@ class RunConfig:
     def federation(self) -> FederationConfig:
         """The federation and device keys."""
         return self._part(FederationConfig)
+
+    @functools.cached_property
+    def privacy(self) -> PrivacyConfig:
+        """The label-privacy keys."""
+        return self._part(PrivacyConfig)
 
     @functools.cached_property
     def output(self) -> OutputConfig:
@@ -427,6 +455,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(
             "Run-config key 'max-abs-activation' must be >= 0 (0 = derived from the model)."
         )
+    _check_label_privacy(cfg)
     if cfg.temperature <= 0:
         raise ConfigError("Run-config key 'temperature' must be > 0.")
     if cfg.step_timeout <= 0 or cfg.node_wait_timeout <= 0:
@@ -435,4 +464,24 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(
             f"Run-config key 'finetune-blocks' must lie in [0, {cfg.depth}] "
             f"(the encoder depth) or be -1 for all blocks; got {cfg.finetune_blocks}."
+        )
+
+
+def _check_label_privacy(cfg: RunConfig) -> None:
+    """What can be checked without the dataset (its kind and classes: ``Experiment``)."""
+    if cfg.label_privacy == "none":
+        return
+    if strategy_spec(cfg.strategy).side != "split":
+        raise ConfigError(
+            f"label-privacy={cfg.label_privacy} protects the labels of MPSL's loss leg; "
+            f"strategy {cfg.strategy} sends the server no label-derived tensor. Set "
+            "label-privacy=none or strategy=mpsl."
+        )
+    if "label-dp" in cfg.label_privacy and not (
+        math.isfinite(cfg.label_epsilon) and cfg.label_epsilon > 0
+    ):
+        raise ConfigError(
+            f"Run-config key 'label-epsilon' must be a finite number > 0 for "
+            f"label-privacy={cfg.label_privacy}; got {cfg.label_epsilon}. "
+            "Example: --run-config 'label-epsilon=2.0'."
         )

@@ -4,7 +4,10 @@ FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the real mo
 running a real step (attention included), never by hand arithmetic. What runs where:
 
 * **MPSL** client: the head forward for the activations, then the head forward again
-  (recompute) and its backward; server: body and tail, forward and backward.
+  (recompute) and its backward; server: body and tail, forward and backward. With
+  ``label-privacy=client-tail`` the classifier's forward and backward (the loss leg) count
+  on the client, and the server's backward starts from the gradient at the pooled
+  embedding.
 * **FedAvg / FedCLIP** client: a whole local training step (for FedCLIP the frozen
   encoder still runs forward, and backward as far as a trainable parameter needs it);
   server: only aggregation (no FLOPs counted).
@@ -126,9 +129,15 @@ def measure(
     batch = {k: v.to(device) for k, v in _sample_batch(exp, batch_size).items()}
     strategy = exp.cfg.strategy
 
+    acts = {k: v.detach() for k, v in head(batch).items()}
+    with torch.no_grad():
+        server_out = server(acts)  # logits, or (client tail) pooled embeddings
+
     def head_fwd() -> None:
         with torch.no_grad():
             head(batch)
+            if head.classifier is not None:
+                head.classify(server_out)
 
     def head_fwd_bwd() -> None:
         acts = head(batch)
@@ -136,8 +145,9 @@ def measure(
             [a for a in acts.values() if a.requires_grad],
             [torch.ones_like(a) for a in acts.values() if a.requires_grad],
         )
-
-    acts = {k: v.detach() for k, v in head(batch).items()}
+        if head.classifier is not None:  # the client tail's loss leg
+            embedding = server_out.clone().requires_grad_(True)
+            _loss(exp, model, head.classify(embedding), batch).backward()
 
     def server_fwd() -> None:
         with torch.no_grad():
@@ -145,7 +155,11 @@ def measure(
 
     def server_fwd_bwd() -> None:
         inputs = {k: v.clone().requires_grad_(True) for k, v in acts.items()}
-        _loss(exp, model, server(inputs), batch).backward()
+        out = server(inputs)
+        if head.classifier is None:
+            _loss(exp, model, out, batch).backward()
+        else:  # driven by the gradient the client tail returns
+            out.backward(torch.ones_like(out))
 
     def model_fwd() -> None:
         with torch.no_grad():

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mpsl_flwr.config import RunConfig
+from mpsl_flwr.config import ConfigError, RunConfig
 from mpsl_flwr.data.base import DatasetInfo, MultimodalDataset
 from mpsl_flwr.data.registry import dataset_info, load_split
 from mpsl_flwr.models.checkpoints import load_pretrained
@@ -33,6 +33,23 @@ from mpsl_flwr.tasks import Task, task_of
 log = logging.getLogger("mpsl_flwr")
 
 
+def check_label_privacy(cfg: RunConfig, info: DatasetInfo) -> None:
+    """``label-privacy`` against the dataset (the keys alone are checked by the config)."""
+    if cfg.label_privacy == "none":
+        return
+    if info.kind != "classification":
+        raise ConfigError(
+            f"label-privacy={cfg.label_privacy} protects class labels; dataset={cfg.dataset} "
+            f"is a {info.kind} task, whose loss the server computes without labels. Set "
+            "label-privacy=none."
+        )
+    if cfg.privacy.label_dp and info.num_classes < 2:
+        raise ConfigError(
+            f"label-privacy={cfg.label_privacy} needs at least 2 classes; dataset="
+            f"{cfg.dataset} has {info.num_classes}, so there is no label to hide."
+        )
+
+
 @dataclass
 class Experiment:
     """Config, dataset description and model spec of one run."""
@@ -45,7 +62,14 @@ class Experiment:
     def from_config(cls, cfg: RunConfig) -> Experiment:
         info = dataset_info(cfg.data)
         options = strategy_spec(cfg.strategy).model(cfg)
-        spec = ModelSpec.from_config(cfg.model, info, options=options, seed=cfg.seed)
+        check_label_privacy(cfg, info)
+        spec = ModelSpec.from_config(
+            cfg.model,
+            info,
+            options=options,
+            seed=cfg.seed,
+            client_tail=cfg.privacy.client_tail,
+        )
         return cls(cfg, info, spec)
 
     @property

@@ -124,14 +124,32 @@ class TextTokenizer(nn.Module):
 
 
 class ClientHead(nn.Module):
-    """``W_h``: one tokenizer per modality and a shared pre-LayerNorm."""
+    """``W_h``: one tokenizer per modality and a shared pre-LayerNorm.
 
-    def __init__(self, tokenizers: Mapping[str, nn.Module], width: int, early_fusion: bool):
+    With ``label-privacy=client-tail`` (a U-shaped split) it also holds the
+    ``classifier`` that would otherwise end the server's tail: the server then returns
+    pooled embeddings, and :meth:`classify` turns them into logits on the client, so the
+    loss and its gradient at the logits never leave it.
+    """
+
+    def __init__(
+        self,
+        tokenizers: Mapping[str, nn.Module],
+        width: int,
+        early_fusion: bool,
+        classifier: nn.Module | None = None,
+    ):
         super().__init__()
         self.modalities = tuple(tokenizers)
         self.tokenizers = nn.ModuleDict(dict(tokenizers))
         self.pre_norm = nn.LayerNorm(width)
         self.early_fusion = early_fusion
+        self.classifier = classifier
+
+    def classify(self, server_output: Tensor) -> Tensor:
+        """The model's output from the server's: logits through the client's classifier
+        if it has one, else the server's output itself."""
+        return server_output if self.classifier is None else self.classifier(server_output)
 
     @property
     def width(self) -> int:

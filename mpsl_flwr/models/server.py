@@ -55,18 +55,29 @@ def readout(tokens: Tensor, stream: str) -> Tensor:
     return tokens.mean(dim=1) if stream in ("text", FUSED) else tokens[:, 0]
 
 
+class MeanPool(nn.Module):
+    """Global average pooling over the fused read-outs: one embedding per sample.
+
+    With ``label-privacy=client-tail`` this is the whole server tail, and what it returns
+    is what the loss leg sends each client.
+    """
+
+    def forward(self, readouts: Mapping[str, Tensor]) -> Tensor:
+        return torch.stack(list(readouts.values()), dim=0).mean(dim=0)
+
+
 class ClassificationTail(nn.Module):
     """Global average pooling over the fused read-outs, then a linear classifier."""
 
     def __init__(self, width: int, num_classes: int) -> None:
         super().__init__()
+        self.pool = MeanPool()
         self.fc = nn.Linear(width, num_classes)
         nn.init.zeros_(self.fc.bias)
         nn.init.trunc_normal_(self.fc.weight, std=0.02)
 
     def forward(self, readouts: Mapping[str, Tensor]) -> Tensor:
-        pooled = torch.stack(list(readouts.values()), dim=0).mean(dim=0)
-        return self.fc(pooled)
+        return self.fc(self.pool(readouts))
 
 
 class RetrievalTail(nn.Module):

@@ -1,8 +1,9 @@
 """Build the three-part model (head on the client; body and tail on the server).
 
-Head and server are built from separate seeded generators, so a client that builds only
-its head and a server that builds only its part get exactly the weights that the whole
-model built in one process (centralized training, FedAvg) would have.
+Head, body and tail are built from separate seeded generators, so a client that builds
+only its head and a server that builds only its part get exactly the weights that the
+whole model built in one process (centralized training, FedAvg) would have, and the
+classifier has the same initial weights whichever side holds it (``client_tail``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from mpsl_flwr.data.base import DatasetInfo
 from mpsl_flwr.data.text import VOCAB_SIZE
 from mpsl_flwr.models.adapter import AttentionAdapter
 from mpsl_flwr.models.head import AudioTokenizer, ClientHead, ImageTokenizer, TextTokenizer
-from mpsl_flwr.models.server import Encoder, ServerModel
+from mpsl_flwr.models.server import ClassificationTail, Encoder, ServerModel
 from mpsl_flwr.models.sizes import ENCODER_SIZES
 from mpsl_flwr.registry import ModelOptions
 from mpsl_flwr.tasks import Task, task_of
@@ -43,13 +44,21 @@ class ModelSpec:
     seed: int
     adapter: str = "none"
     train_head: bool = True
+    client_tail: bool = False
 
     @classmethod
     def from_config(
-        cls, model: ModelConfig, info: DatasetInfo, *, options: ModelOptions, seed: int
+        cls,
+        model: ModelConfig,
+        info: DatasetInfo,
+        *,
+        options: ModelOptions,
+        seed: int,
+        client_tail: bool = False,
     ) -> ModelSpec:
         """The spec of ``model`` for ``info``'s dataset; ``seed`` fixes the initial
-        weights, ``options`` what the strategy changes (frozen blocks, adapters)."""
+        weights, ``options`` what the strategy changes (frozen blocks, adapters),
+        ``client_tail`` whether the classifier lives in the client head."""
         task = task_of(info)
         size = ENCODER_SIZES[model.model_size]
         fusion = task.fusion(model.fusion)
@@ -74,6 +83,7 @@ class ModelSpec:
             seed=seed,
             adapter=options.adapter,
             train_head=options.train_head,
+            client_tail=client_tail,
         )
 
     @property
@@ -96,9 +106,25 @@ def build_head(spec: ModelSpec) -> ClientHead:
                 tokenizers[m] = TextTokenizer(
                     spec.width, VOCAB_SIZE, spec.text_length, spec.train_token_embedding
                 )
-        head = ClientHead(tokenizers, spec.width, spec.early_fusion)
+        classifier = _classification_tail(spec).fc if spec.client_tail else None
+        head = ClientHead(tokenizers, spec.width, spec.early_fusion, classifier)
     apply_trainable(spec, head=head)
     return head
+
+
+def build_tail(spec: ModelSpec) -> nn.Module:
+    """The task's tail ``W_t`` (pooling + classifier, or the retrieval projections), from a
+    generator of its own."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed + 2)
+        return spec.task.make_tail(spec.width, spec.num_classes, spec.temperature)
+
+
+def _classification_tail(spec: ModelSpec) -> ClassificationTail:
+    tail = build_tail(spec)
+    if not isinstance(tail, ClassificationTail):
+        raise ValueError(f"a {spec.kind} task has no classifier to move to the client.")
+    return tail
 
 
 def build_server(spec: ModelSpec) -> ServerModel:
@@ -106,12 +132,13 @@ def build_server(spec: ModelSpec) -> ServerModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed + 1)
         encoder = Encoder(spec.width, spec.depth, spec.heads)
-        tail = spec.task.make_tail(spec.width, spec.num_classes, spec.temperature)
         streams = ("fused",) if spec.early_fusion else spec.modalities
         adapters = None
         if spec.adapter != "none":
             keys = ("shared",) if spec.adapter == "shared" else streams
             adapters = nn.ModuleDict({k: AttentionAdapter(spec.width) for k in keys})
+    # client_tail: the classifier is in the head (build_head); pooling stays here.
+    tail = _classification_tail(spec).pool if spec.client_tail else build_tail(spec)
     server = ServerModel(encoder, tail, streams, adapters)
     apply_trainable(spec, server=server)
     return server
@@ -141,7 +168,7 @@ class SplitModel(nn.Module):
         self.server = server
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.server(self.head(batch))
+        return self.head.classify(self.server(self.head(batch)))
 
 
 def build_model(spec: ModelSpec) -> SplitModel:

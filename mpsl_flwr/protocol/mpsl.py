@@ -5,9 +5,11 @@ One step (Fudala et al., arXiv 2502.06355), as messages:
 ``train.forward``  server -> node: which batch each logical client draws (and, when
                    due, the aggregated head or a checkpointed state to restore). Reply:
                    the cut-layer activations ``act.<cid>`` and ``stats.<cid>``.
-``train.loss``     server -> node: each client's logit slice ``out.<cid>``. Reply:
-                   ``grad.<cid>`` (dL_n/dz_n) and ``stats.<cid>`` (loss, correct).
-                   Labels never leave the client. Retrieval has no labels and skips it.
+``train.loss``     server -> node: each client's logit slice ``out.<cid>`` (with
+                   ``label-privacy=client-tail``: its pooled embeddings, and the
+                   learning rate of the client's classifier). Reply: ``grad.<cid>``
+                   (dL_n/dz_n) and ``stats.<cid>`` (loss, correct). Labels never leave
+                   the client. Retrieval has no labels and skips it.
 ``train.backward`` server -> node: cut-layer gradients ``cut.<cid>``, the learning rate,
                    and optionally the next batch to draw; the reply then carries the
                    next activations, so a steady-state step costs two round trips.
@@ -257,21 +259,38 @@ def read_activations(
 
 
 # ------------------------------------------------------------------ train.loss
-def loss_request(plans: Mapping[int, BatchPlan], outputs: Mapping[int, Tensor]) -> RecordDict:
-    """Server: each client's slice of the server output, with its batch plan."""
-    content = RecordDict({CONFIG: ConfigRecord(plan_record(plans))})
+@dataclass(frozen=True)
+class LossRequest:
+    """What a node reads from ``train.loss``: each client's plan and output slice, and
+    (client tail) the learning rate of the classifier's step."""
+
+    outputs: dict[int, tuple[BatchPlan, Tensor]]
+    lr: float | None
+
+
+def loss_request(
+    plans: Mapping[int, BatchPlan], outputs: Mapping[int, Tensor], lr: float | None = None
+) -> RecordDict:
+    """Server: each client's slice of the server output (logits, or with a client tail
+    pooled embeddings), with its batch plan; ``lr`` when the client trains a tail."""
+    config: dict[str, ConfigRecordValues] = dict(plan_record(plans))
+    if lr is not None:
+        config["lr"] = lr
+    content = RecordDict({CONFIG: ConfigRecord(config)})
     for cid in sorted(plans):
         content[out_key(cid)] = to_array_record({"out": outputs[cid]})
     return content
 
 
-def read_loss_request(content: RecordDict) -> dict[int, tuple[BatchPlan, Tensor]]:
-    """Client: each client's plan and output slice."""
-    plans = read_plans(content[CONFIG])  # type: ignore[arg-type]
-    return {
+def read_loss_request(content: RecordDict) -> LossRequest:
+    """Client: the inverse of :func:`loss_request`."""
+    config = typed_record(content, CONFIG, ConfigRecord)
+    outputs = {
         cid: (plan, from_array_record(content[out_key(cid)])["out"])  # type: ignore[arg-type]
-        for cid, plan in plans.items()
+        for cid, plan in read_plans(config).items()
     }
+    lr = config.get("lr")
+    return LossRequest(outputs, None if lr is None else float(lr))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -293,13 +312,18 @@ def put_loss(reply: RecordDict, cid: int, result: LossResult) -> None:
 
 
 def read_loss(
-    content: RecordDict, shapes: Mapping[int, tuple[int, ...]], limit: int
+    content: RecordDict,
+    shapes: Mapping[int, tuple[int, ...]],
+    limit: int,
+    per_sample: float = 1.0,
 ) -> tuple[dict[int, LossResult], list[Rejection]]:
     """Server: the output gradients and statistics of one node's clients, checked.
 
     ``dL_n/dz_n`` must have the shape of the output slice sent, with every entry within
-    ``GRAD_BOUND_MARGIN / b_n``; the statistics must be a finite loss >= 0,
-    ``0 <= correct <= b_n`` and ``num-examples == b_n``.
+    ``GRAD_BOUND_MARGIN * per_sample / b_n``, where ``per_sample`` bounds one sample's
+    loss gradient at what was sent (1 at the logits; more at a client tail's input);
+    the statistics must be a finite loss >= 0, ``0 <= correct <= b_n`` and
+    ``num-examples == b_n``.
     """
     results: dict[int, LossResult] = {}
     rejected: list[Rejection] = []
@@ -307,13 +331,15 @@ def read_loss(
         if grad_key(cid) not in content:
             continue
         try:
-            results[cid] = _read_loss(content, cid, shapes[cid], limit)
+            results[cid] = _read_loss(content, cid, shapes[cid], limit, per_sample)
         except PayloadError as err:
             rejected.append(Rejection(cid, str(err)))
     return results, rejected
 
 
-def _read_loss(content: RecordDict, cid: int, shape: tuple[int, ...], limit: int) -> LossResult:
+def _read_loss(
+    content: RecordDict, cid: int, shape: tuple[int, ...], limit: int, per_sample: float
+) -> LossResult:
     rows = shape[0]
     with checking("output gradient"):
         grad = checked_arrays(
@@ -321,8 +347,8 @@ def _read_loss(content: RecordDict, cid: int, shape: tuple[int, ...], limit: int
             grad_key(cid),
             {"out": shape},
             limit,
-            GRAD_BOUND_MARGIN / rows,
-            f"{GRAD_BOUND_MARGIN:g}/b_n for the mean loss of b_n={rows} samples",
+            GRAD_BOUND_MARGIN * per_sample / rows,
+            f"{GRAD_BOUND_MARGIN * per_sample:.3g}/b_n for the mean loss of b_n={rows} samples",
         )["out"]
     with checking("statistics"):
         stats = typed_record(content, stats_key(cid), MetricRecord)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, Message, RecordDict
-from torch import Tensor
+from torch import Tensor, nn
 
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.models.head import ClientHead
@@ -51,6 +51,17 @@ def activation_bound(cfg: RunConfig, head: ClientHead) -> float:
     gamma = float(norm.weight.detach().abs().max()) if norm.weight is not None else 1.0
     beta = float(norm.bias.detach().abs().max()) if norm.bias is not None else 0.0
     return ACTIVATION_HEADROOM * (gamma * math.sqrt(max(head.width - 1, 1)) + beta)
+
+
+def tail_gradient_bound(classifier: nn.Module) -> float:
+    """The most one sample's loss gradient can reach at a client tail's input, in units
+    of ``1 / b_n``: ``dL/de = W^T (p - onehot(y))`` has entries within ``2 max|W|``.
+
+    ``W`` is the aggregated classifier; ``ACTIVATION_HEADROOM`` times it (and at least 1)
+    leaves the clients' classifiers room to grow during an epoch.
+    """
+    weight = classifier.get_parameter("weight")
+    return 2.0 * max(1.0, ACTIVATION_HEADROOM * float(weight.detach().abs().max()))
 
 
 class Legs:
@@ -189,19 +200,28 @@ class Legs:
         self,
         plans: dict[int, P.BatchPlan],
         outputs: dict[int, Tensor],
+        lr: float,
         group: str,
         stats: EpochStats,
     ) -> dict[int, Tensor]:
-        """Send each client its output slice; return the ``dL_n/dz_n`` that came back."""
+        """Send each client its output slice; return the ``dL_n/dz_n`` that came back.
+
+        With a client tail the slice is pooled embeddings and ``lr`` goes along for the
+        classifier's step.
+        """
+        tail = self.roster.head.classifier
         by_node = self.roster.by_node(plans)
         contents = {
-            node_id: P.loss_request({c: plans[c] for c in cids}, outputs)
+            node_id: P.loss_request(
+                {c: plans[c] for c in cids}, outputs, None if tail is None else lr
+            )
             for node_id, cids in by_node.items()
         }
+        per_sample = 1.0 if tail is None else tail_gradient_bound(tail)
         grads = {}
         for node_id, reply in self.send(contents, P.LOSS, group, stats).items():
             shapes = {c: tuple(outputs[c].shape) for c in by_node[node_id]}
-            results, rejected = P.read_loss(reply.content, shapes, self.limit)
+            results, rejected = P.read_loss(reply.content, shapes, self.limit, per_sample)
             self._reject(node_id, P.LOSS, rejected, stats)
             for cid, r in results.items():
                 grads[cid] = r.grad

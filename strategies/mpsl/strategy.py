@@ -212,7 +212,7 @@ class MPSL:
         # 3-4. Loss leg (dL_n/dz_n from each client's labels), one backward over the
         # |B_n|/|B|-weighted loss; retrieval computes its loss here (no labels).
         if self.exp.task.labels_on_client:
-            grads = self.legs.loss({c: batches[c] for c in acts}, outputs, plan.group, stats)
+            grads = self.legs.loss({c: batches[c] for c in acts}, outputs, lr, plan.group, stats)
             cut, _ = self.server.backward_from_client_grads(grads)
         else:
             cut, loss, total = self.server.backward_from_server_loss()
