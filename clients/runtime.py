@@ -9,12 +9,13 @@ model are cached per process; trainable weights and optimiser state come from
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.data.base import MultimodalDataset
@@ -30,6 +31,7 @@ from mpsl_flwr.models.split_model import (
     trainable_state,
 )
 from mpsl_flwr.optim import make_optimizer, resolve_device
+from mpsl_flwr.privacy.label_dp import RandomizedResponse, client_noise_rng
 from mpsl_flwr.split_client import SplitClient
 from mpsl_flwr.staging import StageSchedule, load_named
 from mpsl_flwr.state import (
@@ -39,6 +41,37 @@ from mpsl_flwr.state import (
     save_module,
     save_optimizer,
 )
+
+LABEL_SECRET_KEY = "label-dp.secret"
+LABEL_SEED_NODE_KEY = "label-dp-seed"
+
+
+def label_secret(context: Context) -> int:
+    """The seed of this node's label noise, which never leaves the node.
+
+    The node config's ``label-dp-seed`` if its operator set one (reproducible, and the same
+    noise when a run resumes); otherwise a random 63-bit secret drawn on first use and
+    kept in ``context.state`` for the rest of the run (``query.state`` does not send it).
+    """
+    if LABEL_SEED_NODE_KEY in context.node_config:
+        return int(context.node_config[LABEL_SEED_NODE_KEY])
+    if LABEL_SECRET_KEY not in context.state:
+        context.state[LABEL_SECRET_KEY] = ConfigRecord({"secret": secrets.randbits(63)})
+    return int(context.state[LABEL_SECRET_KEY]["secret"])  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=64)
+def _noisy_cached(
+    secret: int, cid: int, epsilon: float, num_classes: int, labels: bytes
+) -> np.ndarray:
+    rr = RandomizedResponse(epsilon, num_classes)
+    return rr.noisy(np.frombuffer(labels, dtype=np.int64), client_noise_rng(secret, cid))
+
+
+def _noisy_labels(
+    secret: int, cid: int, epsilon: float, num_classes: int, labels: np.ndarray
+) -> np.ndarray:
+    return _noisy_cached(secret, cid, epsilon, num_classes, labels.astype(np.int64).tobytes())
 
 
 def head_state_key(cid: int) -> str:
@@ -77,6 +110,8 @@ class NodeRuntime:
     client_ids: list[int]
     num_clients: int
     device: torch.device
+    label_secret: int | None = None
+    """label-dp: the seed of this node's randomized response, known only to the node."""
 
     @classmethod
     def from_context(cls, context: Context) -> NodeRuntime:
@@ -95,6 +130,7 @@ class NodeRuntime:
             client_ids=[pid * k + j for j in range(k)],
             num_clients=parts * k,
             device=resolve_device(cfg.federation.client_device),
+            label_secret=label_secret(context) if cfg.privacy.label_dp else None,
         )
 
     def train_set(self) -> MultimodalDataset:
@@ -116,14 +152,31 @@ class NodeRuntime:
         head.to(self.device)
         optimizer = make_optimizer(head.parameters(), self.cfg.optim)
         load_optimizer(state, optim_state_key(cid), optimizer)
+        dataset, partition = self.train_set(), self.partition(cid)
         return SplitClient(
             head,
             optimizer,
-            self.train_set(),
-            self.partition(cid),
+            dataset,
+            partition,
             client_seed(self.cfg.seed, cid),
             self.device,
             self.exp.task,
+            self.training_labels(cid, dataset, partition),
+        )
+
+    def training_labels(
+        self, cid: int, dataset: MultimodalDataset, partition: np.ndarray
+    ) -> np.ndarray | None:
+        """label-dp: client ``cid``'s randomized-response labels, one per partition
+        position, drawn once per run from the node's secret (None without label-dp)."""
+        if self.label_secret is None:
+            return None
+        return _noisy_labels(
+            self.label_secret,
+            cid,
+            self.cfg.label_epsilon,
+            self.exp.info.num_classes,
+            dataset.labels[partition],
         )
 
     def state_keys(self, cid: int) -> tuple[str, str, str]:

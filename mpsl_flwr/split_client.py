@@ -33,6 +33,7 @@ class SplitClient:
         shuffle_seed: int,
         device: torch.device,
         task: Task,
+        training_labels: np.ndarray | None = None,
     ) -> None:
         self.head = head.to(device)
         self.optimizer = optimizer
@@ -41,14 +42,28 @@ class SplitClient:
         self.shuffle_seed = shuffle_seed
         self.device = device
         self.task = task
+        # label-dp: the labels this client trains on, one per partition position (None:
+        # the dataset's own).
+        self.training_labels = training_labels
 
-    def batch(self, plan: BatchPlan) -> dict[str, Tensor]:
-        """The samples of ``plan``: a slice of this epoch's seeded permutation."""
-        positions = batch_indices(
+    def positions(self, plan: BatchPlan) -> np.ndarray:
+        """Positions in the partition of ``plan``'s samples: a slice of this epoch's
+        seeded permutation."""
+        return batch_indices(
             len(self.partition), plan.epoch, self.shuffle_seed, plan.offset, plan.size
         )
-        rows = self.partition[positions]
+
+    def batch(self, plan: BatchPlan) -> dict[str, Tensor]:
+        """The samples of ``plan``."""
+        rows = self.partition[self.positions(plan)]
         return {k: v.to(self.device) for k, v in self.dataset.batch(rows).items()}
+
+    def labels(self, plan: BatchPlan) -> Tensor:
+        """The labels this client trains ``plan`` on: its randomized-response labels under
+        label-dp, the true ones otherwise."""
+        if self.training_labels is None:
+            return self.batch(plan)["label"]
+        return torch.from_numpy(self.training_labels[self.positions(plan)]).to(self.device)
 
     def activations(self, plan: BatchPlan) -> dict[str, Tensor]:
         """Cut-layer activations of the planned batch (no graph kept)."""
@@ -56,24 +71,41 @@ class SplitClient:
         with torch.no_grad():
             return self.head(self.batch(plan))
 
-    def loss_grad(self, plan: BatchPlan, output: Tensor) -> tuple[Tensor, float, int, int]:
+    def loss_grad(
+        self, plan: BatchPlan, output: Tensor, lr: float | None = None
+    ) -> tuple[Tensor, float, int, int]:
         """``dL_n/dz_n`` of the task's mean loss on this client's own labels.
+
+        ``z`` is what the server sent: logits, or (client tail) pooled embeddings, which
+        the head's classifier turns into logits here; that classifier then takes its
+        step, at the server's learning rate ``lr``. The loss and the correct count are
+        measured on the labels trained on (under label-dp the noisy ones: anything
+        computed from the true labels would leak them).
 
         Returns the gradient, the loss, the number of correct predictions and ``b_n``.
         """
-        labels = self.batch(plan)["label"]
+        labels = self.labels(plan)
         if output.shape[0] != labels.shape[0]:
             raise ValueError(
                 f"server sent {output.shape[0]} outputs for a batch of {labels.shape[0]}."
             )
+        tail = self.head.classifier
+        if tail is not None:
+            if lr is None:
+                raise ValueError("the server sent no learning rate for the client tail.")
+            set_lr(self.optimizer, lr)
+            self.optimizer.zero_grad(set_to_none=True)
         z = output.to(self.device, torch.float32).requires_grad_(True)
-        loss = self.task.loss(z, labels=labels)
+        logits = self.head.classify(z)
+        loss = self.task.loss(logits, labels=labels)
         loss.backward()
+        if tail is not None:
+            self.optimizer.step()  # only the classifier has gradients
         assert z.grad is not None  # z is a leaf the loss depends on
         return (
             z.grad.detach().cpu(),
             loss.item(),
-            self.task.correct(z.detach(), labels),
+            self.task.correct(logits.detach(), labels),
             len(labels),
         )
 
