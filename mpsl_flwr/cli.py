@@ -1,17 +1,18 @@
 """The command lines of the project: argument parsing of every installed command.
 
-=======================  ==============================  ===============================
-command                  here                            does the work
-=======================  ==============================  ===============================
-``mpsl-run``             :func:`run`                     :mod:`mpsl_flwr.ops.launch`
-``mpsl-deploy``          :func:`deploy`                  :mod:`mpsl_flwr.ops.deploy`
-``mpsl-compare``         :func:`compare`                 :mod:`mpsl_flwr.tools.compare`
-``mpsl-costs``           :func:`costs`                   :mod:`mpsl_flwr.tools.cost_table`
-``mpsl-traffic-sweep``   :func:`traffic_sweep`           :mod:`mpsl_flwr.tools.traffic_sweep`
-``mpsl-partition-plot``  :func:`partition_plot`          :mod:`mpsl_flwr.tools.partition_plot`
-``mpsl-label-attack``    :func:`label_attack`            :mod:`mpsl_flwr.tools.label_attack`
-``mpsl-centralized``     :func:`centralized`             :mod:`strategies.centralized`
-=======================  ==============================  ===============================
+========================  ==============================  ======================================
+command                   here                            does the work
+========================  ==============================  ======================================
+``mpsl-run``              :func:`run`                     :mod:`mpsl_flwr.ops.launch`
+``mpsl-deploy``           :func:`deploy`                  :mod:`mpsl_flwr.ops.deploy`
+``mpsl-compare``          :func:`compare`                 :mod:`mpsl_flwr.tools.compare`
+``mpsl-costs``            :func:`costs`                   :mod:`mpsl_flwr.tools.cost_table`
+``mpsl-traffic-sweep``    :func:`traffic_sweep`           :mod:`mpsl_flwr.tools.traffic_sweep`
+``mpsl-partition-plot``   :func:`partition_plot`          :mod:`mpsl_flwr.tools.partition_plot`
+``mpsl-label-attack``     :func:`label_attack`            :mod:`mpsl_flwr.tools.label_attack`
+``mpsl-privacy-frontier`` :func:`privacy_frontier`        :mod:`mpsl_flwr.tools.privacy_frontier`
+``mpsl-centralized``      :func:`centralized`             :mod:`strategies.centralized`
+========================  ==============================  ======================================
 
 Without the installed scripts, ``python -m mpsl_flwr.cli <command> [ARGS...]`` runs the
 same, e.g. ``python -m mpsl_flwr.cli run --nodes 10`` (``make run``). Each command
@@ -285,6 +286,43 @@ def label_attack(argv: list[str] | None = None) -> int:
         parser.exit(2, f"mpsl-label-attack: error: {err}\n")
 
 
+def privacy_frontier(argv: list[str] | None = None) -> int:
+    """``mpsl-privacy-frontier``: accuracy against the best label attack, per defence."""
+    from mpsl_flwr.tools import label_attack
+    from mpsl_flwr.tools import privacy_frontier as tool
+
+    parser = argparse.ArgumentParser(
+        prog="mpsl-privacy-frontier",
+        description=_summary(tool.__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--nodes", type=int, default=10, help="in-process nodes (clients)")
+    _run_config_arg(parser, "'key=value ...' for every run (default: a small run per task)")
+    parser.add_argument(
+        "--tasks", nargs="+", default=list(tool.TASKS), metavar="DATASET", help="datasets"
+    )
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=None,
+        choices=sorted({p for p, _ in tool.SETTINGS}),
+        help="label-privacy values of the sweep to run (default: all)",
+    )
+    parser.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="S[,S...]")
+    parser.add_argument(
+        "--steps", type=int, default=3, metavar="K", help="attack the first K steps"
+    )
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "privacy-frontier")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    args.overrides = _overrides(args.run_config)
+    try:
+        return tool.run(args)
+    except label_attack.NotAttackableError as err:
+        parser.exit(2, f"mpsl-privacy-frontier: error: {err}\n")
+
+
 def centralized(argv: list[str] | None = None) -> None:
     """``mpsl-centralized [key=value ...]``: centralized training, the same keys as
     ``flwr run``, no Flower at all."""
@@ -309,6 +347,7 @@ COMMANDS: dict[str, Callable[[list[str] | None], int | None]] = {
     "traffic-sweep": traffic_sweep,
     "partition-plot": partition_plot,
     "label-attack": label_attack,
+    "privacy-frontier": privacy_frontier,
     "centralized": centralized,
 }
 """``python -m mpsl_flwr.cli <command>``: the installed ``mpsl-<command>`` scripts."""

@@ -20,6 +20,9 @@ None of them sees a label; only the scoring helpers (:func:`recovery_rate`,
   "Clustering Label Inference Attack against Practical Split Learning" (2022), scored
   with the best possible matching, i.e. an upper bound of what it recovers.
 
+* :func:`prior_decoding`: against ``label-dp``, the Bayes guess from each inferred
+  (noisy) label and its client's label histogram estimated from the noisy labels.
+
 Pure numpy/scipy/scikit-learn (torch tensors are accepted as arrays); no Flower.
 """
 
@@ -156,6 +159,37 @@ def clustering_attack(
     mapped to labels by :func:`match_clusters`. ``labels`` serve the matching only."""
     clusters = kmeans_clusters(features, num_classes, seed=seed, normalize=normalize)
     return match_clusters(clusters, labels, num_classes)
+
+
+def prior_decoding(
+    responses: ArrayLike, groups: ArrayLike, keep_probability: float, num_classes: int
+) -> np.ndarray:
+    """Against randomized response: the Bayes guess from each sample's inferred response
+    and its client's label histogram, estimated from those same responses.
+
+    Under RR with keep probability ``p`` (else a uniform other class, ``q = (1-p)/(C-1)``
+    each) a client's response histogram is ``h = q + (p - q) pi``, so ``pi`` is estimated
+    by ``(h - q) / (p - q)`` (clipped at 0, renormalised), and each sample is guessed as
+    ``argmax_y pi_y P(r | y)``. With skewed clients this approaches the bound of
+    :meth:`~mpsl_flwr.privacy.label_dp.RandomizedResponse.attack_bound`: label-DP hides
+    each label, not a client's label distribution.
+    """
+    r, g = _labels(responses, "responses"), np.asarray(groups)
+    if r.shape != g.shape:
+        raise ValueError(f"{r.size} responses for {g.size} group ids.")
+    c, p = num_classes, keep_probability
+    q = (1.0 - p) / (c - 1)
+    guess = np.empty_like(r)
+    for group in np.unique(g):
+        mine = g == group
+        h = np.bincount(r[mine], minlength=c) / mine.sum()
+        pi = np.clip((h - q) / (p - q), 0.0, None)
+        pi = pi / pi.sum() if pi.sum() > 0 else np.full(c, 1.0 / c)
+        likelihood = np.full((c, c), q)  # [true y, response r]
+        np.fill_diagonal(likelihood, p)
+        best = np.argmax(pi[:, None] * likelihood, axis=0)  # best true label per response
+        guess[mine] = best[r[mine]]
+    return guess
 
 
 # ------------------------------------------------------------------ scoring

@@ -9,8 +9,9 @@ computed. It adds no message, changes none and reads no client data: a run with 
 without it is the same run (``tests/test_label_attacks.py`` checks the final weights bit
 for bit).
 
-:func:`loss_gradients` and :func:`cut_gradients` turn a recording into per-client
-:class:`Observation` s (plan + arrays): the material of :mod:`mpsl_flwr.privacy.attacks`.
+:func:`loss_exchanges`, :func:`loss_gradients` and :func:`cut_gradients` turn a recording
+into per-client :class:`Observation` s (plan + arrays): the material of
+:mod:`mpsl_flwr.privacy.attacks`.
 """
 
 from __future__ import annotations
@@ -148,9 +149,10 @@ def _plans(content: RecordDict) -> dict[int, P.BatchPlan]:
     return P.read_plans(config) if isinstance(config, ConfigRecord) else {}
 
 
-def loss_gradients(grid: RecordingGrid) -> list[Observation]:
-    """``grad.<cid>`` of every recorded ``train.loss`` reply (``dL_n/dz_n`` today), each
-    with the batch plan of the request it answers."""
+def loss_exchanges(grid: RecordingGrid) -> list[tuple[Observation, Observation]]:
+    """Every recorded ``train.loss`` exchange of one client: what the server sent
+    (``out.<cid>``: logits, or a client tail's pooled embeddings) and the ``grad.<cid>``
+    (``dL_n/dz_n``) that came back, each with the batch plan of the request."""
     requests = {m.message_id: m for m in grid.sent if m.message_type == P.LOSS}
     found = []
     for reply in grid.received:
@@ -158,12 +160,17 @@ def loss_gradients(grid: RecordingGrid) -> list[Observation]:
         if reply.message_type != P.LOSS or request is None:
             continue
         for cid, plan in sorted(_plans(request.content).items()):
-            record = reply.content.get(P.grad_key(cid))
-            if isinstance(record, ArrayRecord):
-                found.append(
-                    Observation(reply.epoch, reply.step, cid, reply.node_id, plan, _arrays(record))
-                )
+            grad = reply.content.get(P.grad_key(cid))
+            out = request.content.get(P.out_key(cid))
+            if isinstance(grad, ArrayRecord) and isinstance(out, ArrayRecord):
+                at = (reply.epoch, reply.step, cid, reply.node_id, plan)
+                found.append((Observation(*at, _arrays(out)), Observation(*at, _arrays(grad))))
     return found
+
+
+def loss_gradients(grid: RecordingGrid) -> list[Observation]:
+    """``grad.<cid>`` of every recorded ``train.loss`` reply, with its batch plan."""
+    return [grad for _, grad in loss_exchanges(grid)]
 
 
 def cut_gradients(grid: RecordingGrid) -> list[Observation]:
