@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import Any
 
 
+def clients_of_partition(partition_id: int, clients_per_node: int) -> list[int]:
+    """The logical client ids a node started with ``partition-id`` serves."""
+    k = clients_per_node
+    return [partition_id * k + j for j in range(k)]
+
+
 class RegistryError(ValueError):
     """The node registry file is missing or malformed."""
 
