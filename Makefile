@@ -1,5 +1,6 @@
 # make run   create .venv, install, run the default MPSL simulation (NODES, RUN_CONFIG)
 # make test  same set-up, then the test suite, ruff check, ruff format --check and mypy
+# make system-deps  nginx (mpsl-deploy's Fleet proxy) from the distribution, if missing
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,9 +9,15 @@ RUN_CONFIG ?=
 FLWR_HOME ?= $(CURDIR)/.flwr-home
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint clean
+.PHONY: install system-deps run test lint clean
 
-install: $(VENV)/.installed
+install: system-deps $(VENV)/.installed
+
+# mpsl-deploy puts nginx in front of the SuperLink (docs/deployment.md); its tests need it.
+# apt-get needs root: CI runs as root; elsewhere install nginx yourself or run this with sudo.
+system-deps:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+		(apt-get update && apt-get install -y --no-install-recommends nginx)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

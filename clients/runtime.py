@@ -30,6 +30,7 @@ from mpsl_flwr.models.split_model import (
     load_trainable_state,
     trainable_state,
 )
+from mpsl_flwr.node_registry import clients_of_partition
 from mpsl_flwr.optim import make_optimizer, resolve_device
 from mpsl_flwr.privacy.label_dp import RandomizedResponse, client_noise_rng
 from mpsl_flwr.split_client import SplitClient
@@ -127,7 +128,7 @@ class NodeRuntime:
         return cls(
             cfg=cfg,
             exp=Experiment.from_config(cfg),
-            client_ids=[pid * k + j for j in range(k)],
+            client_ids=clients_of_partition(pid, k),
             num_clients=parts * k,
             device=resolve_device(cfg.federation.client_device),
             label_secret=label_secret(context) if cfg.privacy.label_dp else None,

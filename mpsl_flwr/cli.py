@@ -145,6 +145,25 @@ def deploy(argv: list[str] | None = None) -> int:
         action="store_true",
         help="shorthand for --warm-clientapp --node-poll 0.2 --object-pull-backoff 0.02",
     )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="no Fleet proxy: SuperNodes dial the SuperLink, whose Control API they can "
+        "then reach too (the default with --tls puts nginx in front; docs/deployment.md)",
+    )
+    parser.add_argument(
+        "--proxy-host",
+        default="127.0.0.1",
+        help="where the Fleet proxy listens (0.0.0.0 for SuperNodes on other hosts)",
+    )
+    parser.add_argument(
+        "--public-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra DNS name or IP for the server certificate (how remote SuperNodes dial "
+        "the proxy); repeatable",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="run timeout, seconds")
     parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR)
     args = parser.parse_args(argv)
@@ -158,6 +177,9 @@ def deploy(argv: list[str] | None = None) -> int:
         warm_clientapp=args.warm_clientapp or args.fast,
         node_poll=_pick(args.node_poll, FAST["node_poll"], args.fast),
         object_pull_backoff=_pick(args.object_pull_backoff, FAST["object_pull_backoff"], args.fast),
+        proxy=False if args.direct else None,
+        proxy_host=args.proxy_host,
+        public_names=tuple(args.public_name),
     )
     return ops_deploy.main(
         options,

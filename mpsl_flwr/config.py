@@ -133,6 +133,7 @@ class FederationConfig:
     max_client_mb: float
     max_abs_activation: float
     max_partition_size: int
+    node_registry: str
     server_device: Device
     client_device: Device
 
@@ -218,6 +219,7 @@ class RunConfig:
     max_client_mb: float = 256.0
     max_abs_activation: float = 0.0  # 0 = auto (see strategies.mpsl.legs.activation_bound)
     max_partition_size: int = 500_000
+    node_registry: str = ""  # "" = none: a client id goes to its first claimant
     # Label privacy (docs/privacy.md)
     label_privacy: LabelPrivacy = "none"
     label_epsilon: float = 2.0
@@ -454,6 +456,11 @@ def _check_ranges(cfg: RunConfig) -> None:
     if not cfg.max_abs_activation >= 0:  # also refuses NaN
         raise ConfigError(
             "Run-config key 'max-abs-activation' must be >= 0 (0 = derived from the model)."
+        )
+    if cfg.node_registry and not Path(cfg.node_registry).is_absolute():
+        raise ConfigError(
+            "Run-config key 'node-registry' must be an absolute path (the ServerApp's working "
+            f'directory is Flower\'s, not yours) or "" for none; got {cfg.node_registry!r}.'
         )
     _check_label_privacy(cfg)
     if cfg.temperature <= 0:

@@ -3,7 +3,8 @@
 Every strategy first asks each node (``query.info``) which logical clients it serves and
 how many training samples each holds. The ServerApp may start before every virtual or
 real SuperNode has registered, so this waits for all the partitions the nodes announce;
-what a node announces is checked, and a client id is bound to the first node claiming it.
+what a node announces is checked, and a client id is bound to the first node claiming it,
+or, with a node-key registry (``node-registry``), only to the node registered for it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from mpsl_flwr.config import RunConfig
+from mpsl_flwr.node_registry import NodeRegistry
 from mpsl_flwr.protocol import discovery as D
 from mpsl_flwr.protocol.gate import PayloadError
 from mpsl_flwr.protocol.transport import Exchange, make_messages, reply_error
@@ -39,7 +41,9 @@ def message_ttl(cfg: RunConfig) -> float:
     return max(60.0, 3 * cfg.step_timeout)
 
 
-def discover_clients(grid: Grid, exchange: Exchange, cfg: RunConfig) -> dict[int, ClientInfo]:
+def discover_clients(
+    grid: Grid, exchange: Exchange, cfg: RunConfig, registry: NodeRegistry | None = None
+) -> dict[int, ClientInfo]:
     """Ask every node which logical clients it serves; wait for all of them.
 
     Waits until every partition the nodes announce has reported or, when ``min-nodes``
@@ -50,11 +54,15 @@ def discover_clients(grid: Grid, exchange: Exchange, cfg: RunConfig) -> dict[int
     (:func:`~mpsl_flwr.protocol.discovery.read_info_reply`: types, lengths, partition
     sizes up to ``max-partition-size``) is refused, as is a node that claims a client
     already bound to another node: each client id is bound to the first node that claims
-    it (answers of one poll in node-id order). ``num-clients`` decides how long to wait,
-    so one node's claim must not decide it: the count the most nodes agree on is
-    believed (ties: the smaller), so a minority of lying nodes can neither stall
-    discovery until ``node-wait-timeout`` nor end it early.
+    it (answers of one poll in node-id order). With a node registry (``registry``, or
+    else the file ``node-registry`` names) a node may claim only the clients it lists for
+    that node, whoever answers first. ``num-clients`` decides how long to wait, so one
+    node's claim must not decide it: the count the most nodes agree on is believed (ties:
+    the smaller), so a minority of lying nodes can neither stall discovery until
+    ``node-wait-timeout`` nor end it early.
     """
+    if registry is None:
+        registry = NodeRegistry.from_config(cfg.node_registry)
     deadline = time.monotonic() + cfg.node_wait_timeout
     clients: dict[int, ClientInfo] = {}
     asked: set[int] = set()
@@ -70,7 +78,7 @@ def discover_clients(grid: Grid, exchange: Exchange, cfg: RunConfig) -> dict[int
             )
             asked.update(replies)
             for node_id in sorted(replies):
-                info = _checked_info(node_id, replies[node_id], clients, cfg, errors)
+                info = _checked_info(node_id, replies[node_id], clients, cfg, registry, errors)
                 if info is None:
                     continue
                 claims[node_id] = info.num_clients
@@ -108,6 +116,7 @@ def _checked_info(
     reply: Message,
     clients: dict[int, ClientInfo],
     cfg: RunConfig,
+    registry: NodeRegistry | None,
     errors: list[str],
 ) -> D.NodeInfo | None:
     """A node's ``query.info`` answer if it may be believed; else None, with a warning."""
@@ -120,6 +129,10 @@ def _checked_info(
     except PayloadError as err:
         errors.append(f"node {node_id}: bad query.info reply ({err})")
         log.warning("Node %d sent a bad query.info reply (%s); it is refused.", node_id, err)
+        return None
+    if registry is not None and (why := registry.refusal(node_id, info.clients)):
+        errors.append(why)
+        log.warning("%s; node %d is refused.", why, node_id)
         return None
     for cid in info.clients:
         if cid in clients and clients[cid].node_id != node_id:

@@ -27,6 +27,7 @@ from clients.client_app import app as client_app
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.models.split_model import trainable_state
+from mpsl_flwr.node_registry import NodeRegistry, RegisteredNode
 from mpsl_flwr.protocol import discovery as D
 from mpsl_flwr.protocol import mpsl as P
 from mpsl_flwr.protocol.transport import Exchange
@@ -440,3 +441,81 @@ def test_a_non_finite_server_model_fails_the_run(tiny, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="non-finite"):
         run_experiment(cfg, LocalGrid(client_app, 2, cfg.to_mapping()))
     assert _summary(tmp_path / "runs")["status"] == "failed"
+
+
+# ------------------------------------------------------------------ 5b. the node-key registry
+def _registry(tmp_path: Path, clients_of: dict[int, list[int]]) -> str:
+    """A node registry as mpsl-deploy writes it: node id -> the clients it may serve."""
+    path = tmp_path / "node-registry.json"
+    NodeRegistry(
+        {n: RegisteredNode(n, tuple(c), public_key=f"key-{n}") for n, c in clients_of.items()}
+    ).write(path)
+    return str(path)
+
+
+def test_with_a_registry_a_first_claimant_not_registered_for_the_client_is_refused(
+    tiny, tmp_path, caplog
+):
+    """Without a registry node 1000 (asked first) would take client 1 from node 1001."""
+    registry = _registry(tmp_path, {1000: [0], 1001: [1]})
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        clients, _ = _discover(
+            tiny, _info_of(1000, clients=[1]), node_wait_timeout=1.0, node_registry=registry
+        )
+    assert clients[1].node_id == 1001 and 0 not in clients
+    assert "Node 1000 claims client 1, which the node registry gives to node 1001" in caplog.text
+
+
+def test_with_a_registry_a_node_it_does_not_list_is_refused_at_discovery(tiny, tmp_path, caplog):
+    registry = _registry(tmp_path, {1000: [0]})  # node 1001 was never registered
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        clients, _ = _discover(
+            tiny, lambda n, c: None, node_wait_timeout=1.0, node_registry=registry
+        )
+    assert list(clients) == [0] and clients[0].node_id == 1000
+    assert "Node 1001 claims client 1, which the node registry gives to no node" in caplog.text
+
+
+def test_with_a_registry_rejoin_goes_only_to_the_registered_node(tiny, tmp_path, caplog):
+    """Client 1's node dies; a new, unregistered node claiming client 1 is refused even
+    though the old node is gone (without a registry it would take client 1 over)."""
+    cfg = tiny(dirichlet_alpha=1.0, epochs=2, step_timeout=0.3)
+    grid = LocalGrid(client_app, 3, cfg.to_mapping())
+    registry = _registry(tmp_path, {1000: [0], 1001: [1], 1002: [2]})
+    cfg = cfg.replace(node_registry=registry)
+    events: dict[str, int] = {}
+
+    def fault(node_id: int, msg: Message) -> Message | None:
+        if msg.metadata.group_id == "e0s1" and "impostor" not in events:
+            grid.kill(1001)
+            events["impostor"] = grid.restart(1001)  # a new node id, not in the registry
+        return msg
+
+    grid.fault = fault
+    mpsl = MPSL(Experiment.from_config(cfg))
+    rows: list = []
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        mpsl.start(grid, on_epoch_end=rows.append)
+    impostor = events["impostor"]
+    assert (
+        f"Node {impostor} claims client 1, which the node registry gives to node 1001"
+        in caplog.text
+    )
+    assert mpsl.clients[1].node_id == 1001
+    assert f"rejoined on node {impostor}" not in caplog.text
+
+
+def test_a_node_registry_that_cannot_be_believed_fails_in_one_line(tiny, tmp_path):
+    from mpsl_flwr.config import ConfigError
+    from mpsl_flwr.node_registry import RegistryError
+
+    with pytest.raises(ConfigError, match="'node-registry' must be an absolute path"):
+        tiny(node_registry="node-registry.json")
+    with pytest.raises(RegistryError, match="client 0 is listed for nodes 1 and 2"):
+        NodeRegistry({1: RegisteredNode(1, (0,)), 2: RegisteredNode(2, (0,))})
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"nodes": [{"node-id": "x"}]}')
+    with pytest.raises(RegistryError, match="is malformed"):
+        NodeRegistry.load(bad)
+    with pytest.raises(RegistryError, match="Cannot read"):
+        NodeRegistry.load(tmp_path / "missing.json")

@@ -17,7 +17,14 @@ Variants (see docs/deployment.md):
 * ``--auth`` (implies ``--tls``; Flower requires it): ``--enable-supernode-auth`` on
   the SuperLink; every SuperNode gets an ECDSA P-384 key whose public half is
   registered with ``flwr supernode register`` before the node starts. Unregistered
-  nodes are refused.
+  nodes are refused. Each run gets a node-key registry (``<workdir>/node-registry.json``,
+  run-config ``node-registry``): the ServerApp binds each client id only to the node
+  whose key was registered for that partition.
+
+With ``--tls`` the SuperLink listens on 127.0.0.1 only and SuperNodes reach it through
+an nginx reverse proxy (:mod:`mpsl_flwr.ops.proxy`) that forwards the Fleet routes and
+nothing else; the ``flwr`` CLI (Control API) talks to the loopback SuperLink directly.
+``--direct`` skips the proxy (SuperNodes dial the SuperLink), for comparison only.
 
     mpsl-deploy --nodes 2 --tls --auth --run-config "epochs=1 synthetic-train-size=64"
 
@@ -40,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mpsl_flwr.config import resolve_config
+from mpsl_flwr.node_registry import NodeRegistry, RegisteredNode, clients_of_partition
 from mpsl_flwr.ops import fast_flower, flower_patches
 from mpsl_flwr.ops.certs import NodeKey, TlsFiles, make_node_key, make_tls
 from mpsl_flwr.ops.launch import flwr_run, report
@@ -50,6 +58,7 @@ from mpsl_flwr.ops.processes import (
     sigterm_raises_exit,
     wait_for,
 )
+from mpsl_flwr.ops.proxy import FleetProxy
 from mpsl_flwr.ops.runs import RunOutcome
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink, flower_env
 from mpsl_flwr.project import PROJECT_DIR
@@ -79,6 +88,17 @@ class DeployOptions:
     object_pull_backoff: float | None = None
     """First retry of a payload still uploading (opt-in Flower patch; None: Flower's 1 s)."""
     startup_timeout: float = 60.0
+    proxy: bool | None = None
+    """SuperNodes reach the SuperLink only through the Fleet proxy (None: with TLS)."""
+    proxy_host: str = "127.0.0.1"
+    """Where the proxy listens (0.0.0.0 for SuperNodes on other hosts)."""
+    public_names: tuple[str, ...] = ()
+    """Extra names or IPs in the server certificate (how remote SuperNodes dial it)."""
+    proxy_max_body_mb: float = 1024.0
+
+    @property
+    def use_proxy(self) -> bool:
+        return self.tls if self.proxy is None else self.proxy
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -112,7 +132,10 @@ class Deployment(FlwrCli):
     workdir: Path
     connection: str | None = CONNECTION
     supernodes: list[SuperNode] = field(default_factory=list)
+    registered: dict[int, tuple[NodeKey, int]] = field(default_factory=dict)
+    """Node ids the SuperLink gave our registered keys: the key and its partition id."""
     link: SuperLink = field(init=False)
+    proxy: FleetProxy | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.link = SuperLink(
@@ -140,7 +163,13 @@ class Deployment(FlwrCli):
 
     @property
     def address(self) -> str:
+        """The SuperLink on loopback: where the ``flwr`` CLI (Control API) goes."""
         return self.link.address
+
+    @property
+    def fleet_address(self) -> str:
+        """Where SuperNodes connect: the proxy, or the SuperLink itself with ``--direct``."""
+        return self.proxy.address if self.proxy is not None else self.address
 
     @property
     def tls(self) -> TlsFiles | None:
@@ -178,12 +207,24 @@ class Deployment(FlwrCli):
 
     # ------------------------------------------------------------------ superlink
     def start_superlink(self) -> None:
+        """The SuperLink on loopback, its CLI connection, and the Fleet proxy if asked."""
         if self.options.tls:
-            self.tls = make_tls(self.workdir / "tls")
+            hosts = ("127.0.0.1", "localhost", *self.options.public_names)
+            self.tls = make_tls(self.workdir / "tls", tuple(dict.fromkeys(hosts)))
         if self.options.object_pull_backoff is not None:
             fast_flower.write_wrapper(self.wrapper_dir, "flwr-serverapp")
+        if self.options.use_proxy:
+            self.proxy = FleetProxy(
+                self.workdir / "proxy",
+                self.port,
+                self.tls,
+                listen_host=self.options.proxy_host,
+                max_body_mb=self.options.proxy_max_body_mb,
+            )
         self.link.start(self.options.startup_timeout)
         self.write_connection()
+        if self.proxy is not None:
+            self.proxy.start(self.options.startup_timeout)
 
     def write_connection(self) -> Path:
         """Write the CLI's config.toml (Flower 1.41 format) with our connection as default.
@@ -215,14 +256,17 @@ class Deployment(FlwrCli):
             name = f"node-p{partition_id}-{k}"
         key = make_node_key(keys, name)
         if register:
-            self.flwr(
+            out = self.flwr(
                 "supernode",
                 "register",
                 str(key.public_key),
                 *self.conn_args(),
                 "--name",
                 f"partition-{partition_id}",
+                "--format",
+                "json",
             )
+            self.registered[int(_json_of(out)["node-id"])] = (key, partition_id)
         return key
 
     def start_supernode(
@@ -259,7 +303,7 @@ class Deployment(FlwrCli):
             *supernode,
             *self.link.tls_args(client=True),
             "--superlink",
-            self.address,
+            self.fleet_address,
             "--host",
             "127.0.0.1",
             "--port",
@@ -310,15 +354,16 @@ class Deployment(FlwrCli):
         wait_for(
             lambda: len(self.online_nodes()) >= count,
             self.options.startup_timeout,
-            f"{count} SuperNode(s) to connect to the SuperLink at {self.address} "
+            f"{count} SuperNode(s) to connect to the SuperLink at {self.fleet_address} "
             f"(see the logs in {self.workdir / 'logs'})",
             watch=self._required(),
             interval=0.5,
         )
 
     def _required(self) -> list[ManagedProcess]:
-        """The processes a run needs: the SuperLink, required SuperNodes, their executors."""
-        procs = [self.superlink] if self.superlink else []
+        """The processes a run needs: the SuperLink, the proxy, required SuperNodes, their
+        executors."""
+        procs = [p for p in (self.superlink, self._proxy_process()) if p is not None]
         for node in self.supernodes:
             if node.required:
                 procs += [p for p in (node.process, node.executor) if p is not None]
@@ -349,11 +394,44 @@ class Deployment(FlwrCli):
 
     def _processes(self) -> list[ManagedProcess]:
         procs = [p for n in self.supernodes for p in (n.executor, n.process) if p is not None]
-        return procs + ([self.superlink] if self.superlink else [])
+        return procs + [p for p in (self._proxy_process(), self.superlink) if p is not None]
 
-    def run(self, run_config: dict[str, Any], **kwargs: Any) -> RunOutcome:
-        """Submit the app with ``run_config`` overrides; wait for its end."""
-        return flwr_run(self, run_config, None, **kwargs)
+    def _proxy_process(self) -> ManagedProcess | None:
+        return self.proxy.process if self.proxy is not None else None
+
+    # ------------------------------------------------------------------ runs
+    def write_registry(self, clients_per_node: int) -> Path:
+        """``node-registry.json``: each registered node id, its key, and the client ids its
+        partition serves (what the ServerApp's identity binding admits)."""
+        nodes = {
+            node_id: RegisteredNode(
+                node_id,
+                tuple(clients_of_partition(pid, clients_per_node)),
+                public_key=key.public_key.read_text().strip(),
+                partition_id=pid,
+            )
+            for node_id, (key, pid) in self.registered.items()
+        }
+        return NodeRegistry(nodes).write(self.workdir / "node-registry.json")
+
+    def run(
+        self, run_config: dict[str, Any], app_dir: Path = PROJECT_DIR, **kwargs: Any
+    ) -> RunOutcome:
+        """Submit the app with ``run_config`` overrides; wait for its end. With node auth,
+        the run gets this deployment's node registry unless ``node-registry`` is given."""
+        if self.options.auth and "node-registry" not in run_config:
+            k = resolve_config(run_config, app_dir).clients_per_node
+            run_config = {**run_config, "node-registry": str(self.write_registry(k))}
+        return flwr_run(self, run_config, None, app_dir=app_dir, **kwargs)
+
+
+def _json_of(out: str) -> dict[str, Any]:
+    """The JSON object a ``flwr ... --format json`` command printed (after any status line)."""
+    start = out.find("\n{") + 1 if not out.startswith("{") else 0
+    try:
+        return dict(json.JSONDecoder().raw_decode(out[start:])[0])
+    except ValueError as err:
+        raise RuntimeError(f"Expected JSON from the flwr CLI, got: {out.strip()[:200]}") from err
 
 
 @contextlib.contextmanager
@@ -395,14 +473,16 @@ def main(
     keep_workdir: bool = False,
 ) -> int:
     """``mpsl-deploy`` (arguments parsed by :func:`mpsl_flwr.cli.deploy`): the exit code."""
-    resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
+    cfg = resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
+    options.proxy_max_body_mb = max(options.proxy_max_body_mb, 2 * cfg.max_client_mb)
     _interrupt_on_signals()
     try:
         with deployment(options, keep_workdir=keep_workdir) as dep:
             kind = "TLS + node auth" if options.auth else "TLS" if options.tls else "insecure"
+            fleet = f"; Fleet proxy (nginx) on {dep.fleet_address}" if dep.proxy else ""
             print(
-                f"SuperLink on {dep.address} ({kind}), {options.nodes} SuperNodes online; "
-                f"connection '{CONNECTION}' in {dep.cli_home / 'config.toml'}",
+                f"SuperLink on {dep.address} ({kind}){fleet}; {options.nodes} SuperNodes "
+                f"online; connection '{CONNECTION}' in {dep.cli_home / 'config.toml'}",
                 flush=True,
             )
             outcome = dep.run(overrides, app_dir=app_dir, timeout=timeout)

@@ -3,7 +3,8 @@
 The roster starts from discovery (``query.info``) and follows membership during the run:
 a SuperNode that died and came back has a new node id, so an online node not seen before
 is asked which clients it serves, and those clients move to it once their old node is
-gone from the node list (never while it is still online). The roster also owns head
+gone from the node list (never while it is still online), and, with a node-key registry,
+only to the node registered for them. The roster also owns head
 sync: which node still needs the aggregated head (sent with its next ``train.forward``),
 and the FedAvg of the heads at the end of an epoch.
 """
@@ -19,6 +20,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from mpsl_flwr.models.head import ClientHead
 from mpsl_flwr.models.split_model import load_trainable_state, trainable_state
+from mpsl_flwr.node_registry import NodeRegistry
 from mpsl_flwr.protocol import discovery as D
 from mpsl_flwr.protocol.gate import PayloadError
 from mpsl_flwr.protocol.transport import Exchange, make_messages, nodes_of, reply_error
@@ -31,9 +33,15 @@ log = logging.getLogger("mpsl_flwr")
 class Roster:
     """Logical clients by id, the node serving each, and the head-sync bookkeeping."""
 
-    def __init__(self, clients: dict[int, ClientInfo], head: ClientHead) -> None:
+    def __init__(
+        self,
+        clients: dict[int, ClientInfo],
+        head: ClientHead,
+        registry: NodeRegistry | None = None,
+    ) -> None:
         self.clients = clients
         self.head = head
+        self.registry = registry
         self.head_record: ArrayRecord | None = to_array_record(trainable_state(head))
         self._synced: set[int] = set()  # nodes that hold head_record
         self._rejoined: set[int] = set()  # nodes owed the current head
@@ -60,7 +68,8 @@ class Roster:
         heartbeat expires, up to 60 s in Flower 1.41). A restarted SuperNode gets a new
         id; a second node claiming a client whose node still answers is an impostor or a
         misconfiguration, and is refused until that node is gone. A node whose answer
-        fails the gate, or that serves clients outside the run, is ignored for good.
+        fails the gate, that serves clients outside the run, or that claims a client the
+        node registry gives to another node, is ignored for good.
         """
         online = set(grid.get_node_ids())
         busy = exchange.busy_nodes()
@@ -95,6 +104,10 @@ class Roster:
         unknown = [c for c in cids if c not in self.clients]
         if unknown:
             log.warning("Node %d serves unknown clients %s; it is ignored.", node_id, unknown)
+            self._foreign.add(node_id)
+            return True
+        if self.registry is not None and (why := self.registry.refusal(node_id, cids)):
+            log.warning("%s; node %d is refused.", why, node_id)
             self._foreign.add(node_id)
             return True
         for cid in cids:

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import Result
 from mpsl_flwr.checkpoint import Checkpointing
 from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.node_registry import NodeRegistry
 from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
 from mpsl_flwr.progress import progress
 from mpsl_flwr.protocol.transport import Exchange, MeteredGrid, TrafficMeter
@@ -103,7 +104,9 @@ class MPSL:
         self.grid = MeteredGrid(require_grid(grid, self.cfg.strategy))
         self.meter = self.grid.meter
         self.exchange = Exchange(self.grid)
-        self.roster = Roster(discover_clients(self.grid, self.exchange, self.cfg), self.head)
+        registry = NodeRegistry.from_config(self.cfg.node_registry)
+        clients = discover_clients(self.grid, self.exchange, self.cfg, registry)
+        self.roster = Roster(clients, self.head, registry)
         steps = self.steps_per_epoch()
         if steps == 0:
             raise RuntimeError("No client holds any training data.")
