@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
+import hostile_clientapp
 import pytest
 
 from mpsl_flwr.config import ConfigError
 from mpsl_flwr.ops.launch import flwr_run, local_superlink
+from mpsl_flwr.project import PROJECT_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -98,3 +101,34 @@ def test_staged_strategies_complete_under_flwr_run(link, tmp_path, strategy):
     # LW's second stage sends one block instead of the head and a block; plus the frozen
     # ones once. Prog's second stage sends both blocks and the head.
     assert history[1]["mb-up-per-client"] != history[0]["mb-up-per-client"]
+
+
+def test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down(link, tmp_path):
+    """Issue 16, item 7: node 1's ClientApp exits its process (``os._exit``) on its first
+    ``train.backward``. Only that node's step is lost; the other nodes keep training, and
+    so does node 1 once its Ray actor is back."""
+    app = hostile_clientapp.write_app(PROJECT_DIR, tmp_path / "app", 1, "train.backward")
+    config = {
+        "encoder-depth": 2,
+        "synthetic-train-size": 90,
+        "synthetic-test-size": 30,
+        "batch-size": 30,
+        "epochs": 2,
+        "dirichlet-alpha": 1.0,
+        "progress": False,
+        "output-dir": str(tmp_path / "runs"),
+    }
+    outcome = flwr_run(link, config, num_supernodes=3, app_dir=app, timeout=300, stream=False)
+    logs = link.flwr("log", str(outcome.run_id), *link.conn_args(), "--show")
+    summary = json.loads((outcome.run_dir / "summary.json").read_text())
+    print(f"{outcome.status} in {outcome.wall_time_s:.1f}s; history {summary['history']}")
+    errors = re.findall(r"Node (\d+) replied to (\S+) of step (\S+) with an error", logs)
+    print(f"error replies: {errors}")
+    assert len(list((tmp_path / "app" / "deaths").iterdir())) == 1
+    assert outcome.status == "finished:completed", outcome
+    assert len(errors) == 1, errors  # the dying node's message, and no other
+    ((_, leg, _),) = errors
+    assert leg == "train.backward" and "ActorDiedError" in logs
+    assert [row["dropped-client-steps"] for row in summary["history"]] == [1, 0]
+    assert summary["history"][1]["samples-trained"] == 90
+    assert 0 < summary["history"][0]["samples-trained"] < 90
