@@ -4,8 +4,8 @@
 module's ``app`` as the ClientApp, so that ``flwr run`` on that directory runs it. Which
 node dies, on which message and how often is read from ``hostile.json`` next to this
 module in the installed app (``partition-id``, ``message-type``, ``times``); each death
-leaves a file in ``deaths-dir``, outside the app (that is how a later process knows how
-many happened).
+leaves a file named by the dying node's id in ``deaths-dir``, outside the app (that is how
+a later process knows how many happened).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class DyingClientApp(ClientApp):
             and message.metadata.message_type == settings["message-type"]
             and len(list(deaths.glob("*"))) < settings["times"]
         ):
-            (deaths / message.metadata.message_id).touch()
+            (deaths / str(context.node_id)).touch()
             os._exit(1)
         return real_app(message, context)
 
