@@ -4,7 +4,7 @@
 module's ``app`` as the ClientApp, so that ``flwr run`` on that directory runs it. Which
 node dies, on which message and how often is read from ``hostile.json`` next to this
 module in the installed app (``partition-id``, ``message-type``, ``times``); each death
-leaves a file named by the dying node's id in ``deaths-dir``, outside the app (that is how
+leaves a file ``<node id>-<message id>`` in ``deaths-dir``, outside the app (that is how
 a later process knows how many happened).
 """
 
@@ -38,7 +38,7 @@ class DyingClientApp(ClientApp):
             and message.metadata.message_type == settings["message-type"]
             and len(list(deaths.glob("*"))) < settings["times"]
         ):
-            (deaths / str(context.node_id)).touch()
+            (deaths / f"{context.node_id}-{message.metadata.message_id}").touch()
             os._exit(1)
         return real_app(message, context)
 

@@ -120,7 +120,7 @@ def test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down(l
         "output-dir": str(tmp_path / "runs"),
     }
     outcome = flwr_run(link, config, num_supernodes=3, app_dir=app, timeout=300, stream=False)
-    (dead,) = [p.name for p in (app / "deaths").iterdir()]
+    (dead,) = [p.name.split("-")[0] for p in (app / "deaths").iterdir()]
     logs = link.flwr("log", str(outcome.run_id), *link.conn_args(), "--show")
     errors = re.findall(r"Node (\d+) replied to (\S+) of step \S+ with an error \(([^\n]*)", logs)
     assert outcome.status == "finished:completed", outcome

@@ -6,7 +6,9 @@ re-installs the app's dependencies on each run. This launcher instead starts its
 ``flower-superlink`` (simulation mode) on free ports, under its own ``FLWR_HOME`` and
 with runtime dependency installation off, submits the run, streams its logs, checks
 ``finished:completed`` with ``flwr list``, prints the results table, and stops the
-SuperLink it started by process group, on success, failure or Ctrl-C.
+SuperLink it started by process group, on success, failure or Ctrl-C. Its simulations
+replace a Ray actor whose ClientApp killed its process
+(:func:`~mpsl_flwr.ops.flower_patches.replace_dead_actors`).
 
     mpsl-run --nodes 10 --run-config "epochs=3 dataset='synthetic-va'"
 
