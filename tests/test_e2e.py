@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
+import hostile_clientapp
 import pytest
 
 from mpsl_flwr.config import ConfigError
 from mpsl_flwr.ops.launch import flwr_run, local_superlink
+from mpsl_flwr.project import PROJECT_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -98,3 +101,33 @@ def test_staged_strategies_complete_under_flwr_run(link, tmp_path, strategy):
     # LW's second stage sends one block instead of the head and a block; plus the frozen
     # ones once. Prog's second stage sends both blocks and the head.
     assert history[1]["mb-up-per-client"] != history[0]["mb-up-per-client"]
+
+
+def test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down(link, tmp_path):
+    """Issue 16, item 7: node 1's ClientApp exits its process (``os._exit``) on its first
+    ``train.backward``. Only that message is lost (its Ray actor is replaced,
+    ``flower_patches.replace_dead_actors``); the step goes on without node 1, the other
+    nodes keep training, and so does node 1 from its next message on."""
+    app = hostile_clientapp.write_app(PROJECT_DIR, tmp_path / "app", 1, "train.backward")
+    config = {
+        "encoder-depth": 2,
+        "synthetic-train-size": 90,
+        "synthetic-test-size": 30,
+        "batch-size": 30,
+        "epochs": 2,
+        "dirichlet-alpha": 1.0,
+        "progress": False,
+        "output-dir": str(tmp_path / "runs"),
+    }
+    outcome = flwr_run(link, config, num_supernodes=3, app_dir=app, timeout=300, stream=False)
+    (dead,) = [p.name.split("-")[0] for p in (app / "deaths").iterdir()]
+    logs = link.flwr("log", str(outcome.run_id), *link.conn_args(), "--show")
+    errors = re.findall(r"Node (\d+) replied to (\S+) of step \S+ with an error \(([^\n]*)", logs)
+    assert outcome.status == "finished:completed", outcome
+    # Without the replacement: 27 error replies, from every node, for the rest of the run.
+    assert [(node, leg) for node, leg, _ in errors] == [(dead, "train.backward")], errors
+    assert "ActorDiedError" in errors[0][2]
+    history = json.loads((outcome.run_dir / "summary.json").read_text())["history"]
+    assert [row["dropped-client-steps"] for row in history] == [1, 0]
+    # An overtime step makes up node 1's lost step; epoch 2 has nothing to make up.
+    assert [row["samples-trained"] for row in history] == [90, 90]

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import sys
@@ -192,12 +191,8 @@ class Deployment(FlwrCli):
             flower_patches.SUPERNODE_POLL_ENV: None,  # per SuperNode, see start_supernode
             flower_patches.OBJECT_PULL_BACKOFF_ENV: None if backoff is None else str(backoff),
             SUPEREXEC_POLL_ENV: None if poll is None else str(poll),
-            # Our helper entry points (mpsl_flwr.ops.warm_clientapp, .fast_flower) must
-            # come from this checkout; the app itself is imported from the FAB, which
-            # Flower puts first on sys.path.
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")) if p
-            ),
+            # Our helper entry points (mpsl_flwr.ops.warm_clientapp, .fast_flower).
+            "PYTHONPATH": fast_flower.checkout_pythonpath(),
         }
 
     @property

@@ -1,12 +1,15 @@
-"""``flower-supernode`` and ``flwr-serverapp`` with the opt-in timing patches of
-:mod:`mpsl_flwr.ops.flower_patches`.
+"""``flower-supernode``, ``flwr-serverapp`` and ``flwr-simulation`` with the opt-in patches
+of :mod:`mpsl_flwr.ops.flower_patches`.
 
-Runs Flower's own ``flower-supernode`` (or ``flwr-serverapp``) entry point after applying
-the patches that the environment asks for: ``MPSL_SUPERNODE_POLL`` (cap of the
-SuperNode's idle poll, Flower 1.41: a fixed 3 s) and ``MPSL_OBJECT_PULL_BACKOFF`` (first
-retry of a message payload still being uploaded, Flower: 1 s). Refuses to start on a
-Flower other than 1.41.x. ``mpsl-deploy --node-poll S`` / ``--fast`` start SuperNodes
-this way.
+Runs Flower's own ``flower-supernode`` (``flwr-serverapp``, ``flwr-simulation``) entry
+point after applying the patches that the environment asks for: ``MPSL_SUPERNODE_POLL``
+(cap of the SuperNode's idle poll, Flower 1.41: a fixed 3 s), ``MPSL_OBJECT_PULL_BACKOFF``
+(first retry of a message payload still being uploaded, Flower: 1 s) and
+``MPSL_REPLACE_DEAD_ACTORS`` (a simulation replaces a dead ClientApp actor). Refuses
+to start on a Flower other than 1.41.x. ``mpsl-deploy --node-poll S`` / ``--fast`` start
+SuperNodes this way; ``mpsl-run`` starts ``flwr-simulation`` this way, by the same
+``PATH`` wrapper as the ServerApp below (a simulation's SuperExec starts
+``flwr-simulation`` by name).
 
     MPSL_SUPERNODE_POLL=0.2 python -m mpsl_flwr.ops.fast_flower flower-supernode --insecure ...
 
@@ -36,15 +39,18 @@ live in Flower's functions and stay applied.
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from mpsl_flwr.ops import flower_patches
+from mpsl_flwr.project import PROJECT_DIR
 
 ENTRY_POINTS = {
     "flower-supernode": "flwr.supernode.cli:flower_supernode",
     "flwr-serverapp": "flwr.superlink.cli:flwr_serverapp",
+    "flwr-simulation": "flwr.simulation.app:flwr_simulation",
 }
 """Flower 1.41's console scripts (``module:function``) that this module can run."""
 
@@ -61,6 +67,13 @@ def write_wrapper(directory: Path, command: str = "flwr-serverapp") -> Path:
     path.write_text(f'#!/bin/sh\nexec {python} -m {__spec__.name} {command} "$@"\n')
     path.chmod(0o755)
     return path
+
+
+def checkout_pythonpath() -> str:
+    """``PYTHONPATH`` for a process that runs a wrapper: this checkout first, so that the
+    wrapper's ``mpsl_flwr.ops`` is this one (the app itself comes from the FAB, which
+    Flower puts first on ``sys.path``)."""
+    return os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,10 @@
-"""Opt-in patches of two Flower 1.41 timing constants that dominate a deployed step.
+"""Opt-in patches of Flower 1.41: two timing constants that dominate a deployed step, and
+the restart of a simulation's dead Ray actors.
 
-Neither has an option or environment variable in Flower 1.41; both are applied only when
-asked for (``mpsl-deploy --fast`` / ``--node-poll``), check the installed Flower first,
-and refuse to apply to anything but 1.41.x, so an upgrade fails loudly rather than
-silently changing timing.
+None has an option or environment variable in Flower 1.41; each is applied only when
+asked for (``mpsl-deploy --fast`` / ``--node-poll``; ``mpsl-run`` and the e2e tests for
+the restart), checks the installed Flower first, and refuses to apply to anything but
+1.41.x, so an upgrade fails loudly rather than silently changing behaviour.
 
 1. **SuperNode idle poll.** ``flwr.supernode.start_client_internal`` sleeps a fixed 3 s
    after asking the SuperLink for a message and finding none, and 0.5 s between checks
@@ -27,6 +28,23 @@ silently changing timing.
    the ServerApp are started through :mod:`mpsl_flwr.ops.fast_flower`, the ClientApp
    executors are :mod:`mpsl_flwr.ops.warm_clientapp`; the app itself never imports this.
 
+3. **Dead Ray actors stay in the pool.** A simulation runs every virtual node's
+   ClientApp in one of a few Ray actors (``floor(CPUs / client-resources-num-cpus)``),
+   shared by all nodes: ``BasicActorPool`` hands a message to whichever actor is idle.
+   When a ClientApp ends its actor's process (``os._exit``, a segfault, the OOM
+   killer), ``ray.get`` raises ``ActorDiedError``, Flower answers that message with an
+   error reply and puts the dead actor back in the pool, where every later message that
+   it is handed, of any node, fails at once, for the rest of the run. Flower creates its
+   actors without ``max_restarts`` (the federation config carries only
+   ``num-cpus``/``num-gpus``), and even with it Ray 2.55 fails every task handed to the
+   actor while it restarts (``ActorUnavailableError``). :func:`replace_dead_actors`
+   makes the pool swap an actor that died for a new one before Flower's error path
+   returns it: only the dying node's message fails; the next message handed to the new
+   actor waits for it to start. Applied in the ``flwr-simulation`` process (the Ray
+   driver) when its env has ``MPSL_REPLACE_DEAD_ACTORS=1``, which
+   :mod:`mpsl_flwr.ops.launch` sets, starting that process through
+   :mod:`mpsl_flwr.ops.fast_flower`.
+
 :func:`check_flwr_version` is the one check of the installed Flower against the 1.41
 internals that these patches and the warm executor rely on.
 """
@@ -38,6 +56,7 @@ import logging
 import os
 import time
 import types
+from typing import Any
 
 import flwr
 
@@ -46,6 +65,7 @@ log = logging.getLogger("mpsl_flwr")
 SUPPORTED_FLWR = "1.41."
 SUPERNODE_POLL_ENV = "MPSL_SUPERNODE_POLL"
 OBJECT_PULL_BACKOFF_ENV = "MPSL_OBJECT_PULL_BACKOFF"
+REPLACE_DEAD_ACTORS_ENV = "MPSL_REPLACE_DEAD_ACTORS"
 
 
 def check_flwr_version(what: str, instead: str) -> None:
@@ -60,8 +80,8 @@ def check_flwr_version(what: str, instead: str) -> None:
 def _check_version(what: str) -> None:
     check_flwr_version(
         f"{what} patches",
-        f"Run without it (unset {SUPERNODE_POLL_ENV}/{OBJECT_PULL_BACKOFF_ENV}, "
-        "drop --fast/--node-poll).",
+        f"Run without it (unset {SUPERNODE_POLL_ENV}/{OBJECT_PULL_BACKOFF_ENV}/"
+        f"{REPLACE_DEAD_ACTORS_ENV}, drop --fast/--node-poll).",
     )
 
 
@@ -103,6 +123,47 @@ def shorten_object_pull_backoff(initial: float) -> None:
         defaults["initial_backoff"] = initial
 
 
+def check_actor_pool() -> None:
+    """Raise unless :func:`replace_dead_actors` applies to the installed Flower."""
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    _check_version("The Ray actor replacement patch")
+    fetch = inspect.getsource(BasicActorPool.fetch_result_and_return_actor_to_pool)
+    give_back = inspect.getsource(BasicActorPool.add_actor_back_to_pool)
+    if "add_actor_back_to_pool(future)" not in fetch or "_future_to_actor" not in give_back:
+        raise RuntimeError(
+            "flwr's BasicActorPool no longer returns an actor to the pool by its future; "
+            "the actor replacement patch does not apply."
+        )
+
+
+def replace_dead_actors() -> None:
+    """Have a simulation's actor pool replace a ClientApp actor whose process died (3.)."""
+    import ray
+    from flwr.app import Context, Message
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    check_actor_pool()
+    fetch = BasicActorPool.fetch_result_and_return_actor_to_pool
+    if getattr(fetch, "replaces_dead_actors", False):
+        return
+
+    def fetch_or_replace(pool: BasicActorPool, future: Any) -> tuple[Message, Context]:
+        try:
+            return fetch(pool, future)
+        except ray.exceptions.ActorDiedError:
+            dead = pool._future_to_actor[future]
+            log.warning("A ClientApp's Ray actor died; replacing it with a new one.")
+            ray.kill(dead, no_restart=True)  # type: ignore[arg-type]  # frees its CPUs
+            # RayBackend.process_message's error path returns this future's actor to
+            # the pool (add_actor_back_to_pool): let that be the new one.
+            pool._future_to_actor[future] = pool.create_actor_fn()
+            raise
+
+    fetch_or_replace.replaces_dead_actors = True  # type: ignore[attr-defined]
+    BasicActorPool.fetch_result_and_return_actor_to_pool = fetch_or_replace  # type: ignore[method-assign,assignment]
+
+
 def apply_from_env() -> None:
     """Apply the patches that this process's environment asks for (none by default)."""
     if value := os.environ.get(OBJECT_PULL_BACKOFF_ENV):
@@ -110,3 +171,6 @@ def apply_from_env() -> None:
         log.info("Object pull back-off patched to %s s (%s)", value, OBJECT_PULL_BACKOFF_ENV)
     if value := os.environ.get(SUPERNODE_POLL_ENV):
         cap_supernode_sleeps(float(value))
+    if os.environ.get(REPLACE_DEAD_ACTORS_ENV) == "1":
+        replace_dead_actors()
+        log.info("Dead Ray ClientApp actors are replaced (%s)", REPLACE_DEAD_ACTORS_ENV)

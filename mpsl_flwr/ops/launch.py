@@ -6,7 +6,9 @@ re-installs the app's dependencies on each run. This launcher instead starts its
 ``flower-superlink`` (simulation mode) on free ports, under its own ``FLWR_HOME`` and
 with runtime dependency installation off, submits the run, streams its logs, checks
 ``finished:completed`` with ``flwr list``, prints the results table, and stops the
-SuperLink it started by process group, on success, failure or Ctrl-C.
+SuperLink it started by process group, on success, failure or Ctrl-C. Its simulations
+replace a Ray actor whose ClientApp killed its process
+(:func:`~mpsl_flwr.ops.flower_patches.replace_dead_actors`).
 
     mpsl-run --nodes 10 --run-config "epochs=3 dataset='synthetic-va'"
 
@@ -28,23 +30,52 @@ from pathlib import Path
 from typing import Any
 
 from mpsl_flwr.config import resolve_config
+from mpsl_flwr.ops import fast_flower, flower_patches
 from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
 from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, summary_status
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.results import SUMMARY, format_table
 
-__all__ = ["flwr_run", "local_superlink", "main", "report"]
+__all__ = ["flwr_run", "local_superlink", "main", "report", "simulation_superlink"]
+
+
+def simulation_superlink(flwr_home: Path, replace_dead_actors: bool = True) -> SuperLink:
+    """A (not yet started) simulation SuperLink under ``flwr_home``.
+
+    ``replace_dead_actors``: its simulations run through :mod:`mpsl_flwr.ops.fast_flower`
+    with a ClientApp actor whose process died replaced by a new one
+    (:func:`~mpsl_flwr.ops.flower_patches.replace_dead_actors`), so that a virtual client
+    that kills its process loses its own message only, not those of the nodes that
+    share its Ray actor.
+    """
+    if not replace_dead_actors:
+        return SuperLink(flwr_home, simulation=True)
+    # The simulation process refuses to start if the patch does not apply, and Flower
+    # 1.41 does not notice: the run would wait for its timeout. Check here instead.
+    flower_patches.check_actor_pool()
+    wrapper = fast_flower.write_wrapper(flwr_home / "bin", "flwr-simulation")
+    return SuperLink(
+        flwr_home,
+        simulation=True,
+        settings={
+            flower_patches.REPLACE_DEAD_ACTORS_ENV: "1",
+            "PYTHONPATH": fast_flower.checkout_pythonpath(),
+        },
+        bin_dirs=(wrapper.parent,),
+    )
 
 
 @contextlib.contextmanager
-def local_superlink(flwr_home: Path | None = None) -> Iterator[SuperLink]:
-    """A private simulation SuperLink for the duration of the ``with`` block."""
+def local_superlink(
+    flwr_home: Path | None = None, replace_dead_actors: bool = True
+) -> Iterator[SuperLink]:
+    """A private :func:`simulation_superlink`, started, for the ``with`` block."""
     tmp = None
     if flwr_home is None:
         tmp = tempfile.TemporaryDirectory(prefix="mpsl-flwr-home-")
         flwr_home = Path(tmp.name)
-    link = SuperLink(flwr_home, simulation=True)
+    link = simulation_superlink(flwr_home, replace_dead_actors)
     # The SuperLink runs in its own session: a SIGTERM that skipped ``finally`` would
     # leave it orphaned on its ports.
     with sigterm_raises_exit():
