@@ -519,3 +519,47 @@ def test_a_node_registry_that_cannot_be_believed_fails_in_one_line(tiny, tmp_pat
         NodeRegistry.load(bad)
     with pytest.raises(RegistryError, match="Cannot read"):
         NodeRegistry.load(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------ 1. checkpointed client state
+STATE_HEAD, STATE_OPTIM = P.client_state_key(0, "head"), P.client_state_key(0, "optim")
+STATE_ATTACKS = {
+    "head-nan": (_values(STATE_HEAD, lambda a: a * np.nan), "NaN or Inf"),
+    "head-wrong-shape": (_values(STATE_HEAD, lambda a: a[..., :1] if a.ndim else a), "shape"),
+    "head-as-configrecord": (_replace(STATE_HEAD, ConfigRecord({"x": 1})), "is a ConfigRecord"),
+    "optim-wrong-shape": (_values(STATE_OPTIM, lambda a: np.zeros(7, np.float32)), "shape"),
+    "optim-unknown-entry": (
+        lambda c: c[STATE_OPTIM].__setitem__("999.exp_avg", Array(np.zeros(3, np.float32))),
+        "999.exp_avg",
+    ),
+    "optim-header-vs-payload": (_arrays(STATE_OPTIM, _header_disagrees), "payload"),
+    "cfg-not-text": (
+        _replace(P.client_state_key(0, "optim.cfg"), ConfigRecord({"param-groups": 1})),
+        "optim.cfg",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", list(STATE_ATTACKS))
+def test_a_bad_client_state_is_left_out_of_the_checkpoint(tiny, caplog, attack):
+    tamper, problem = STATE_ATTACKS[attack]
+    out = run_with(tiny, P.QUERY_STATE, tamper)
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        payload = out.mpsl._checkpoint(0)
+    warning = next(r.getMessage() for r in caplog.records if "sent bad" in r.getMessage())
+    assert "Client 0 (node 1000) sent bad client state" in warning
+    assert problem in warning and P.QUERY_STATE in warning
+    assert payload["clients"] == {}
+
+
+def test_a_good_client_state_is_checkpointed_as_sent(tiny, caplog):
+    out = run_with(tiny, "none", lambda content: None)
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        payload = out.mpsl._checkpoint(0)
+    assert "sent bad" not in caplog.text
+    parts = payload["clients"][0]
+    assert set(parts) == set(P.CLIENT_STATE_PARTS)
+    head = parts["head"]
+    assert {k: tuple(v.shape) for k, v in head.items()} == {
+        k: tuple(v.shape) for k, v in out.head_after.items()
+    }

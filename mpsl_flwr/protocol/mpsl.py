@@ -479,20 +479,77 @@ def put_state(reply: RecordDict, cid: int, parts: Mapping[str, ArrayRecord | Con
         reply[client_state_key(cid, part)] = record
 
 
-def read_states(content: RecordDict, cids: list[int]) -> dict[int, dict[str, object]]:
-    """Server: each client's state parts as plain tensors (head, optim) and a dict (cfg)."""
+OPTIMIZER_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+OPTIMIZER_ENTRY = re.compile(r"^(\d+)\.(exp_avg|exp_avg_sq|max_exp_avg_sq|step)$")
+OPTIMIZER_CFG_KEYS = {"param-groups", "scalars"}
+
+
+def read_states(
+    content: RecordDict,
+    cids: list[int],
+    head_shapes: Mapping[str, tuple[int, ...]],
+    param_shapes: list[tuple[int, ...]],
+    limit: int,
+) -> tuple[dict[int, dict[str, object]], list[Rejection]]:
+    """Server: each client's state parts as plain tensors (head, optim) and a dict (cfg),
+    checked before they go into a checkpoint.
+
+    The head must be exactly ``head_shapes``; each AdamW entry ``<i>.<moment>`` must have
+    the shape of the head's ``i``-th trainable parameter (``param_shapes``), ``<i>.step``
+    one value (shape [1]); all finite, within ``limit`` bytes; the optimiser config two strings
+    (the client parses them; the server only stores them). A client with a bad part is
+    left out of the checkpoint whole.
+    """
     states: dict[int, dict[str, object]] = {}
+    rejected: list[Rejection] = []
     for cid in cids:
-        parts: dict[str, object] = {}
-        for part in CLIENT_STATE_PARTS:
-            record = content.get(client_state_key(cid, part))
-            if isinstance(record, ArrayRecord):
-                parts[part] = from_array_record(record)
-            elif record is not None:
-                parts[part] = dict(record.items())
+        try:
+            with checking("client state"):
+                parts = _read_state(content, cid, head_shapes, param_shapes, limit)
+        except PayloadError as err:
+            rejected.append(Rejection(cid, str(err)))
+            continue
         if parts:
             states[cid] = parts
-    return states
+    return states, rejected
+
+
+def _read_state(
+    content: RecordDict,
+    cid: int,
+    head_shapes: Mapping[str, tuple[int, ...]],
+    param_shapes: list[tuple[int, ...]],
+    limit: int,
+) -> dict[str, object]:
+    parts: dict[str, object] = {}
+    head, optim, cfg = (client_state_key(cid, part) for part in CLIENT_STATE_PARTS)
+    if head in content:
+        parts["head"] = checked_arrays(content, head, head_shapes, limit)
+    if optim in content:
+        names = list(typed_record(content, optim, ArrayRecord))
+        shapes = {name: _optimizer_entry_shape(name, param_shapes) for name in names}
+        parts["optim"] = checked_arrays(content, optim, shapes, limit)
+    if cfg in content:
+        record = typed_record(content, cfg, ConfigRecord)
+        if set(record) != OPTIMIZER_CFG_KEYS or not all(
+            isinstance(v, str) for v in record.values()
+        ):
+            raise PayloadError(f"'{cfg}' must hold the strings {sorted(OPTIMIZER_CFG_KEYS)}")
+        if record.count_bytes() > limit:
+            raise PayloadError(f"'{cfg}' exceeds max-client-mb")
+        parts["optim.cfg"] = dict(record.items())
+    return parts
+
+
+def _optimizer_entry_shape(name: str, param_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    m = OPTIMIZER_ENTRY.match(name)
+    if m is None or int(m.group(1)) >= len(param_shapes):
+        raise PayloadError(
+            f"optimiser entry '{name}' is not <i>.<moment> for one of the head's "
+            f"{len(param_shapes)} trainable parameters"
+        )
+    # Flower carries AdamW's 0-d step as shape [1] (as it does every 0-d array).
+    return (1,) if m.group(2) == "step" else param_shapes[int(m.group(1))]
 
 
 def restore_records(parts: Mapping[str, object]) -> dict[str, ArrayRecord | ConfigRecord]:

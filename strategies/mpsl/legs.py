@@ -271,10 +271,20 @@ class Legs:
         return heads
 
     def states(self, cids: list[int], group: str) -> dict[int, dict[str, object]]:
-        """``query.state``: each client's head and optimiser state, as plain tensors."""
+        """``query.state``: each client's head and optimiser state, as plain tensors, each
+        checked against the aggregated head (a refused one is left out, with a warning)."""
         by_node = self.roster.by_node(cids)
         contents = {node_id: P.clients_request(c) for node_id, c in by_node.items()}
+        head = trainable_state(self.roster.head)
+        head_shapes = {name: tuple(t.shape) for name, t in head.items()}
+        param_shapes = [tuple(t.shape) for t in head.values()]
         states: dict[int, dict[str, object]] = {}
         for node_id, reply in self.send(contents, P.QUERY_STATE, group, EpochStats()).items():
-            states.update(P.read_states(reply.content, by_node[node_id]))
+            got, rejected = P.read_states(
+                reply.content, by_node[node_id], head_shapes, param_shapes, self.limit
+            )
+            self._reject(
+                node_id, P.QUERY_STATE, rejected, EpochStats(), "left out of the checkpoint"
+            )
+            states.update(got)
         return states
