@@ -6,6 +6,18 @@ Each asserts that the run goes on (or fails clearly where that is right), that t
 warning names the offender (client, node, leg, what was wrong), that the bad step counts
 in ``dropped-client-steps``, and that the server model is bit-identical to before the
 bad payload. See docs/security.md for what is and is not validated.
+
+The issue's items and where each is tried: 1 (record types, malformed arrays), 2 (more
+rows than planned), 4 (huge values) and 6 (lying statistics) in
+``test_a_bad_step_reply_is_rejected_named_and_leaves_the_server_untouched``; 1 for
+checkpointed state in ``test_a_bad_client_state_is_left_out_of_the_checkpoint``; 3
+(heads) in ``test_a_bad_head_is_left_out_of_the_average``; 5 (identity) and 6
+(discovery) in the discovery and registry tests below; runs that trained nothing in
+``test_an_epoch_that_trained_nothing_fails_the_run``. Item 7 (a virtual client that
+kills its process) needs a real Ray simulation:
+``tests/test_e2e.py::test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down``.
+Item 8 (deployment access) needs real SuperLink, nginx and SuperNode processes:
+``tests/test_deploy.py::test_tls_auth_deployment_runs_mpsl_and_refuses_unregistered_nodes``.
 """
 
 from __future__ import annotations
