@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+class CheckpointError(ConfigError):
+    """The checkpoint to resume from is missing, unreadable or from another run."""
+
+
 class Checkpointer:
     """Writes and reads ``<run-dir>/checkpoint.pt`` for one run.
 
@@ -61,6 +66,7 @@ class Checkpointer:
     def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
         self.path = Path(run_dir) / CHECKPOINT
         self.cfg = cfg
+        self._loaded: dict[str, Any] | None = None
 
     def due(self, epochs_done: int) -> bool:
         """Whether the end of this epoch is a checkpoint (the last epoch always is)."""
@@ -78,24 +84,59 @@ class Checkpointer:
         log.info("Checkpoint after epoch %d: %s", payload["epoch"], self.path)
 
     def load(self) -> dict[str, Any]:
-        """The checkpoint to resume from, checked against this run's config."""
+        """The checkpoint to resume from, checked against this run's config.
+
+        Read once: a runner may check it before anything starts and use it later."""
+        if self._loaded is None:
+            self._loaded = self._read()
+        return self._loaded
+
+    def _read(self) -> dict[str, Any]:
         if not self.path.is_file():
-            raise ConfigError(
+            raise CheckpointError(
                 f"resume=true but there is no checkpoint at {self.path}. Set 'run-name' (and "
                 "'output-dir') to those of the run to resume, or resume=false to start anew."
             )
-        payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        if payload.get("format") != FORMAT:
-            raise ValueError(f"{self.path} has checkpoint format {payload.get('format')}.")
+        payload = read_checkpoint(self.path)
         saved, now = payload["config"], self.cfg.to_mapping()
         changed = sorted(k for k in now if k not in _MAY_CHANGE and saved.get(k) != now[k])
         if changed:
-            raise ConfigError(
+            raise CheckpointError(
                 f"Cannot resume {self.path}: run-config keys differ from the checkpointed run: "
                 + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in changed)
             )
         log.info("Resuming after epoch %d from %s", payload["epoch"], self.path)
         return payload
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """One checkpoint file, read with ``weights_only=True`` (tensors and plain values only).
+
+    A file that does not read back is named with what is wrong with it; torch's own
+    message is left out on purpose, as it advises ``weights_only=False``, which would
+    run whatever code a tampered file holds.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        what = (
+            "holds objects other than tensors and plain values (refused: it was not "
+            "written by this project, or was tampered with)"
+            if "weights only" in str(err).lower()
+            else f"is corrupt ({type(err).__name__})"
+        )
+        raise CheckpointError(f"Checkpoint {path} {what}.") from None
+    except Exception as err:  # truncated zip, EOF, bad header: torch raises many kinds
+        raise CheckpointError(
+            f"Checkpoint {path} is truncated or corrupt ({type(err).__name__})."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"Checkpoint {path} has format {found!r}, not {FORMAT}: it was written by another "
+            "version of mpsl-flwr, or is not a checkpoint."
+        )
+    return payload
 
 
 @dataclass

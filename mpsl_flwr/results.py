@@ -3,7 +3,9 @@
 Each epoch (or round) is appended to ``history.jsonl`` and flushed to disk at once, and
 ``summary.json`` is rewritten atomically after every epoch with ``status: running``, so
 a crash loses at most the epoch in progress. A new run never reuses a directory: a
-taken name gets a ``-2``, ``-3`` ... suffix.
+taken name gets a ``-2``, ``-3`` ... suffix. A resumed run writes nothing into the run
+directory until its checkpoint has been accepted (:meth:`RunRecorder.restore`), so a
+refused resume leaves the run it names as it was.
 """
 
 from __future__ import annotations
@@ -103,12 +105,19 @@ class RunRecorder:
             "run-dir": str(self.dir),
             "config": cfg.to_mapping(),
         }
-        _atomic_write(self.dir / "config.json", json.dumps(cfg.to_mapping(), indent=2))
-        self._write_summary()
+        # A resumed run's files belong to the run it continues until its checkpoint is
+        # accepted; a new run's are its own from the start.
+        self.writing = not out.resume
+        if self.writing:
+            self._write_config()
         log.info("Writing results to %s", self.dir)
 
     def restore(self, history: list[dict[str, Any]]) -> None:
-        """Continue from a checkpoint's history: rows after it are dropped from the files."""
+        """Continue from a checkpoint's history: rows after it are dropped from the files.
+
+        This is where a resumed run takes over its directory (config included)."""
+        self.writing = True
+        self._write_config()
         self.history = [EpochRecord.from_row(row).to_row() for row in history]
         if self.history:
             self.t0 = time.time() - float(self.history[-1]["wall-time-s"] or 0.0)
@@ -148,13 +157,19 @@ class RunRecorder:
         return self.dir / SUMMARY
 
     def fail(self, error: BaseException) -> None:
-        """Mark the run failed (the history written so far stays)."""
+        """Mark the run failed (the history written so far stays); a resume that was
+        refused writes nothing."""
         self.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+        self._write_summary()
+
+    def _write_config(self) -> None:
+        _atomic_write(self.dir / "config.json", json.dumps(self.cfg.to_mapping(), indent=2))
         self._write_summary()
 
     def _write_summary(self) -> None:
         self.summary["history"] = self.history
-        _atomic_write(self.dir / SUMMARY, json.dumps(self.summary, indent=2))
+        if self.writing:
+            _atomic_write(self.dir / SUMMARY, json.dumps(self.summary, indent=2))
 
     def _write_csv(self) -> None:
         keys: list[str] = []

@@ -41,8 +41,13 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     setup_logging()
     exp = Experiment.from_config(cfg)
     recorder = RunRecorder(cfg, headline=exp.task.headline)
+    checkpointing = Checkpointing(
+        Checkpointer(recorder.dir, cfg), lambda: list(recorder.history), recorder.restore
+    )
     try:
-        final = _dispatch(exp, grid, recorder)
+        if cfg.resume:
+            checkpointing.checkpointer.load()  # refuse a bad resume before anything starts
+        final = _dispatch(exp, grid, recorder, checkpointing)
     except BaseException as err:
         recorder.fail(err)
         raise
@@ -61,11 +66,10 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     return recorder.dir
 
 
-def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict[str, Any]:
+def _dispatch(
+    exp: Experiment, grid: Grid | None, recorder: RunRecorder, checkpointing: Checkpointing
+) -> dict[str, Any]:
     cfg = exp.cfg
-    checkpointing = Checkpointing(
-        Checkpointer(recorder.dir, cfg), lambda: list(recorder.history), recorder.restore
-    )
 
     def evaluate(epoch: int, head, server) -> dict[str, Any]:
         return exp.evaluate(head, server)

