@@ -68,3 +68,14 @@ def test_a_refused_resume_changes_nothing_in_the_run_dir(tiny, change, error):
     with pytest.raises(ConfigError, match=error):
         resume(tiny(run_name="done", resume=True, **overrides))
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", "a/b", "..", ".", "a\\b"])
+def test_a_run_name_that_leaves_output_dir_is_refused(tiny, name):
+    with pytest.raises(ConfigError, match="'run-name' must be a plain directory name"):
+        tiny(run_name=name)
+
+
+@pytest.mark.parametrize("name", ["123", "2024-01-01", "run.v2", "a..b"])
+def test_plain_run_names_are_accepted(tiny, name):
+    assert tiny(run_name=name).output.run_name == name
