@@ -151,8 +151,15 @@ class Checkpointing:
     def resume(self) -> bool:
         return self.checkpointer.cfg.output.resume
 
-    def load(self) -> dict[str, Any]:
+    def load(self, num_clients: int | None = None) -> dict[str, Any]:
+        """The accepted checkpoint, its history restored.
+
+        ``num_clients`` (a federated run's logical clients) must equal the checkpointed
+        run's: each saved client state belongs to one data partition, and partitions
+        change with the client count."""
         payload = self.checkpointer.load()
+        if num_clients is not None:
+            check_client_count(self.checkpointer.path, payload, num_clients)
         self.restore_history(payload["history"])
         return payload
 
@@ -166,3 +173,16 @@ class Checkpointing:
                     **payload(),
                 }
             )
+
+
+def check_client_count(path: Path, payload: dict[str, Any], num_clients: int) -> None:
+    """Refuse to resume ``payload`` (read from ``path``) with ``num_clients`` clients if the
+    checkpointed run had another count (checkpoints without the count tell it by their
+    saved client states)."""
+    saved = payload.get("num-clients", len(payload.get("clients", {})) or None)
+    if saved is not None and int(saved) != num_clients:
+        raise CheckpointError(
+            f"Cannot resume {path}: the checkpointed run had {saved} clients, this one has "
+            f"{num_clients}. Resume with as many nodes (and clients-per-node) as the original "
+            "run, or start a new run with resume=false."
+        )

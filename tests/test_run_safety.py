@@ -79,3 +79,12 @@ def test_a_run_name_that_leaves_output_dir_is_refused(tiny, name):
 @pytest.mark.parametrize("name", ["123", "2024-01-01", "run.v2", "a..b"])
 def test_plain_run_names_are_accepted(tiny, name):
     assert tiny(run_name=name).output.run_name == name
+
+
+@pytest.mark.parametrize("nodes", [3, 1])
+def test_resume_with_another_client_count_is_refused(tiny, nodes):
+    run_dir = finished_run(tiny(run_name="two"), num_clients=2)
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match=rf"checkpointed run had 2 clients, this one has {nodes}"):
+        resume(tiny(run_name="two", resume=True), nodes=nodes)
+    assert snapshot(run_dir) == before

@@ -40,6 +40,7 @@ def checkpoint_payload(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "clients": clients,
+        "num-clients": len(expected),
     }
 
 

@@ -120,7 +120,7 @@ class MPSL:
         )
         first_epoch = 0
         if checkpointing is not None and checkpointing.resume:
-            ckpt = checkpointing.load()
+            ckpt = checkpointing.load(num_clients=len(clients))
             first_epoch, self._restore = resume.restore(
                 ckpt, self.server_model, self.head, optimizer, scheduler
             )
