@@ -22,6 +22,7 @@ from typing import Any
 
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.records import EpochRecord
+from mpsl_flwr.run_lock import RunLock
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -93,6 +94,7 @@ class RunRecorder:
                 )
         else:
             self.dir = new_run_dir(root, name)
+        self.lock = RunLock.acquire(self.dir)
         self.history: list[dict[str, Any]] = []
         self.t0 = time.time()
         self.summary: dict[str, Any] = {
@@ -109,7 +111,11 @@ class RunRecorder:
         # accepted; a new run's are its own from the start.
         self.writing = not out.resume
         if self.writing:
-            self._write_config()
+            try:
+                self._write_config()
+            except BaseException:
+                self.lock.release()
+                raise
         log.info("Writing results to %s", self.dir)
 
     def restore(self, history: list[dict[str, Any]]) -> None:
@@ -154,13 +160,19 @@ class RunRecorder:
             plot_history(self.history, self.dir / PLOT, title=self.dir.name, metric=self.headline)
         except Exception as err:
             log.warning("Could not draw %s: %s", PLOT, err)
+        self.lock.release()
         return self.dir / SUMMARY
 
     def fail(self, error: BaseException) -> None:
-        """Mark the run failed (the history written so far stays); a resume that was
-        refused writes nothing."""
+        """Mark the run failed (the history written so far stays) and let go of the run
+        directory; a resume that was refused writes nothing."""
         self.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
-        self._write_summary()
+        try:
+            self._write_summary()
+        except OSError as err:  # a full disk must not hide the error that ended the run
+            log.error("Could not mark %s failed: %s", self.dir / SUMMARY, err)
+        finally:
+            self.lock.release()
 
     def _write_config(self) -> None:
         _atomic_write(self.dir / "config.json", json.dumps(self.cfg.to_mapping(), indent=2))

@@ -5,6 +5,10 @@ training (a real resume is in tests/test_checkpoint.py), so each test takes seco
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +92,44 @@ def test_resume_with_another_client_count_is_refused(tiny, nodes):
     with pytest.raises(ConfigError, match=rf"checkpointed run had 2 clients, this one has {nodes}"):
         resume(tiny(run_name="two", resume=True), nodes=nodes)
     assert snapshot(run_dir) == before
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(fd, str(os.getpid()).encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_writer_fails_at_once_naming_the_holder(tiny):
+    run_dir = finished_run(tiny(run_name="live"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir / "run.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        before = snapshot(run_dir)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match=rf"in use by another run \(PID {holder.pid},"):
+            resume(tiny(run_name="live", resume=True))
+        assert time.monotonic() - t0 < 5
+        assert snapshot(run_dir) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_is_held_for_the_run_and_released_after(tiny):
+    from mpsl_flwr.run_lock import RunLock, RunLockedError
+
+    run_dir = finished_run(tiny(run_name="once"))
+    assert not (run_dir / "run.lock").exists()  # released (and removed) when the run ended
+    with RunLock.acquire(run_dir), pytest.raises(RunLockedError, match=f"PID {os.getpid()}"):
+        RunLock.acquire(run_dir)
+    with RunLock.acquire(run_dir):
+        pass
