@@ -1,8 +1,10 @@
 """Atomic run checkpoints, and what a resumed run needs from them.
 
 A checkpoint is written at the end of every ``checkpoint-every``-th epoch into
-``<run-dir>/checkpoint.pt``: written to a temporary file, flushed, then renamed over the
-old one, so a crash at any moment leaves either the previous checkpoint or the new one.
+``<run-dir>/checkpoint.pt``: written to a temporary file and flushed; the one it replaces
+becomes ``checkpoint.prev.pt``, so a crash at any moment leaves a complete checkpoint,
+and a latest one that does not read back (a bad disk, a truncated copy) is named and
+resumed from the previous generation, with a warning.
 It holds everything needed to continue as if nothing happened (torchtune's rule): the
 server model, optimiser and scheduler, the completed epoch, the RNG states, the
 aggregated client head, every client's own head and optimiser state (fetched with
@@ -29,6 +31,7 @@ from mpsl_flwr.config import ConfigError, RunConfig
 log = logging.getLogger("mpsl_flwr")
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
 FORMAT = 1
 # Keys that may differ between the crashed run and its resumption.
 _MAY_CHANGE = {"resume", "progress", "step-timeout", "node-wait-timeout", "min-nodes"}
@@ -65,8 +68,12 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
         self.path = Path(run_dir) / CHECKPOINT
+        self.previous = Path(run_dir) / PREVIOUS
         self.cfg = cfg
         self._loaded: dict[str, Any] | None = None
+        # The latest checkpoint did not read back: the next save must not make it the
+        # previous generation.
+        self._latest_bad = False
 
     def due(self, epochs_done: int) -> bool:
         """Whether the end of this epoch is a checkpoint (the last epoch always is)."""
@@ -80,7 +87,11 @@ class Checkpointer:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if self.path.is_file() and not self._latest_bad:
+            os.replace(self.path, self.previous)
         os.replace(tmp, self.path)
+        self._latest_bad = False
+        _fsync_dir(self.path.parent)
         log.info("Checkpoint after epoch %d: %s", payload["epoch"], self.path)
 
     def load(self) -> dict[str, Any]:
@@ -92,12 +103,16 @@ class Checkpointer:
         return self._loaded
 
     def _read(self) -> dict[str, Any]:
-        if not self.path.is_file():
+        if not self.path.is_file() and not self.previous.is_file():
             raise CheckpointError(
                 f"resume=true but there is no checkpoint at {self.path}. Set 'run-name' (and "
                 "'output-dir') to those of the run to resume, or resume=false to start anew."
             )
-        payload = read_checkpoint(self.path)
+        source = self.path
+        try:
+            payload = read_checkpoint(self.path)
+        except CheckpointError as latest:
+            payload, source = self._read_previous(latest), self.previous
         saved, now = payload["config"], self.cfg.to_mapping()
         changed = sorted(k for k in now if k not in _MAY_CHANGE and saved.get(k) != now[k])
         if changed:
@@ -105,7 +120,30 @@ class Checkpointer:
                 f"Cannot resume {self.path}: run-config keys differ from the checkpointed run: "
                 + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in changed)
             )
-        log.info("Resuming after epoch %d from %s", payload["epoch"], self.path)
+        log.info("Resuming after epoch %d from %s", payload["epoch"], source)
+        return payload
+
+    def _read_previous(self, latest: CheckpointError) -> dict[str, Any]:
+        """The previous generation, when the latest checkpoint does not read back."""
+        if not self.previous.is_file():
+            raise CheckpointError(
+                f"{latest} There is no previous checkpoint ({self.previous}) to resume from: "
+                "start anew with resume=false."
+            )
+        try:
+            payload = read_checkpoint(self.previous)
+        except CheckpointError as previous:
+            raise CheckpointError(
+                f"{latest} {previous} Nothing is left to resume from: start anew with resume=false."
+            ) from None
+        log.warning(
+            "%s Resuming from %s (after epoch %d), one checkpoint earlier: the epochs "
+            "after it are trained again.",
+            latest,
+            self.previous,
+            payload["epoch"],
+        )
+        self._latest_bad = True
         return payload
 
 
@@ -116,6 +154,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     message is left out on purpose, as it advises ``weights_only=False``, which would
     run whatever code a tampered file holds.
     """
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} is missing.")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -137,6 +177,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "version of mpsl-flwr, or is not a checkpoint."
         )
     return payload
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames in ``path`` durable (a crash must not undo them)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from clients.client_app import app as client_app
-from mpsl_flwr.checkpoint import CHECKPOINT, Checkpointer, rng_state
+from mpsl_flwr.checkpoint import CHECKPOINT, PREVIOUS, Checkpointer, rng_state
 from mpsl_flwr.config import ConfigError, RunConfig
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.records import EpochRecord
@@ -133,3 +134,42 @@ def test_the_lock_is_held_for_the_run_and_released_after(tiny):
         RunLock.acquire(run_dir)
     with RunLock.acquire(run_dir):
         pass
+
+
+def _saved_twice(tiny) -> Checkpointer:
+    """A checkpointer of a run with checkpoints after epochs 1 and 2."""
+    cfg = tiny(run_name="gen", epochs=2)
+    run_dir = RunRecorder(cfg).dir
+    for epoch in (1, 2):
+        Checkpointer(run_dir, cfg).save({"epoch": epoch, "history": []})
+    return Checkpointer(run_dir, cfg)
+
+
+def test_a_corrupt_latest_checkpoint_resumes_from_the_previous_one(tiny, caplog):
+    ckpt = _saved_twice(tiny)
+    assert torch.load(ckpt.path.with_name(PREVIOUS), weights_only=True)["epoch"] == 1
+    _truncate(ckpt.path)
+    assert ckpt.load()["epoch"] == 1
+    warning = caplog.text
+    assert f"{ckpt.path} is truncated or corrupt" in warning
+    assert f"Resuming from {ckpt.path.with_name(PREVIOUS)} (after epoch 1)" in warning
+    assert "weights_only" not in warning
+    # The next checkpoint replaces the corrupt one and keeps the good previous one.
+    ckpt.save({"epoch": 2, "history": []})
+    assert torch.load(ckpt.path.with_name(PREVIOUS), weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper"])
+def test_unreadable_checkpoints_are_named_and_never_advise_weights_only_false(tiny, damage):
+    ckpt = _saved_twice(tiny)
+    for path in (ckpt.path, ckpt.path.with_name(PREVIOUS)):
+        if damage == "truncate":
+            _truncate(path)
+        else:
+            torch.save({"format": 1, "epoch": 1, "evil": Path("x")}, path)
+    with pytest.raises(ConfigError) as err:
+        ckpt.load()
+    text = str(err.value)
+    assert str(ckpt.path) in text and PREVIOUS in text
+    assert "weights_only" not in text and err.value.__cause__ is None
+    assert ("tensors and plain values" if damage == "tamper" else "truncated or corrupt") in text
