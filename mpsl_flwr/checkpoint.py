@@ -59,6 +59,10 @@ class CheckpointError(ConfigError):
     """The checkpoint to resume from is missing, unreadable or from another run."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a lost mount)."""
+
+
 class Checkpointer:
     """Writes and reads ``<run-dir>/checkpoint.pt`` for one run.
 
@@ -69,6 +73,7 @@ class Checkpointer:
     def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
         self.path = Path(run_dir) / CHECKPOINT
         self.previous = Path(run_dir) / PREVIOUS
+        self.tmp = Path(run_dir) / (CHECKPOINT + ".tmp")
         self.cfg = cfg
         self._loaded: dict[str, Any] | None = None
         # The latest checkpoint did not read back: the next save must not make it the
@@ -82,11 +87,24 @@ class Checkpointer:
 
     def save(self, payload: dict[str, Any]) -> None:
         payload = {"format": FORMAT, "config": self.cfg.to_mapping(), **payload}
-        tmp = self.path.with_suffix(".pt.tmp")
-        with tmp.open("wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        tmp = self.tmp
+        try:
+            with tmp.open("wb") as fh:
+                torch.save(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException as err:
+            # A partial file would keep a full disk full, and the run could not even
+            # record why it failed.
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise CheckpointWriteError(
+                    err.errno,
+                    f"Could not write the checkpoint after epoch {payload['epoch']} to "
+                    f"{self.path}: {err.strerror or err}. The previous checkpoint is intact: "
+                    "free space, then resume with resume=true.",
+                ) from err
+            raise
         if self.path.is_file() and not self._latest_bad:
             os.replace(self.path, self.previous)
         os.replace(tmp, self.path)
@@ -210,6 +228,8 @@ class Checkpointing:
         if num_clients is not None:
             check_client_count(self.checkpointer.path, payload, num_clients)
         self.restore_history(payload["history"])
+        # A run killed while writing leaves a partial file that only wastes space.
+        self.checkpointer.tmp.unlink(missing_ok=True)
         return payload
 
     def save_if_due(self, epochs_done: int, payload: Callable[[], dict[str, Any]]) -> None:

@@ -5,6 +5,8 @@ training (a real resume is in tests/test_checkpoint.py), so each test takes seco
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import subprocess
 import sys
@@ -15,11 +17,11 @@ import pytest
 import torch
 
 from clients.client_app import app as client_app
-from mpsl_flwr.checkpoint import CHECKPOINT, PREVIOUS, Checkpointer, rng_state
+from mpsl_flwr.checkpoint import CHECKPOINT, PREVIOUS, Checkpointer, Checkpointing, rng_state
 from mpsl_flwr.config import ConfigError, RunConfig
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.records import EpochRecord
-from mpsl_flwr.results import RunRecorder
+from mpsl_flwr.results import SUMMARY, RunRecorder
 from strategies.runner import run_experiment
 
 
@@ -173,3 +175,55 @@ def test_unreadable_checkpoints_are_named_and_never_advise_weights_only_false(ti
     assert str(ckpt.path) in text and PREVIOUS in text
     assert "weights_only" not in text and err.value.__cause__ is None
     assert ("tensors and plain values" if damage == "tamper" else "truncated or corrupt") in text
+
+
+def _disk_full_at_save(monkeypatch, at: int) -> None:
+    """The ``at``-th checkpoint write fills the disk: part of it lands in the temporary
+    file, then ENOSPC; while that file is left, every other write fails the same way."""
+    import mpsl_flwr.checkpoint as checkpoint
+    import mpsl_flwr.results as results
+
+    calls = {"n": 0}
+    real_save, real_write = checkpoint.torch.save, results._atomic_write
+
+    def save(obj, fh):
+        calls["n"] += 1
+        if calls["n"] == at:
+            fh.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, fh)
+
+    def write(path, text):
+        if (path.parent / (CHECKPOINT + ".tmp")).exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(path, text)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    monkeypatch.setattr(results, "_atomic_write", write)
+
+
+def test_a_full_disk_cleans_up_fails_the_run_with_the_reason_and_resume_works(tiny, monkeypatch):
+    small = {"strategy": "centralized", "epochs": 2, "synthetic_train_size": 16}
+    small |= {"synthetic_test_size": 16, "run_name": "full"}
+    _disk_full_at_save(monkeypatch, at=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        run_experiment(tiny(**small), None)
+    run_dir = Path(tiny().output.output_dir) / "full"
+    assert not (run_dir / (CHECKPOINT + ".tmp")).exists()
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    assert summary["status"] == "failed"
+    assert f"{CHECKPOINT}" in summary["error"] and "No space left" in summary["error"]
+    assert torch.load(run_dir / CHECKPOINT, weights_only=True)["epoch"] == 1  # intact
+    monkeypatch.undo()
+    run_experiment(tiny(resume=True, **small), None)
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    assert summary["status"] == "completed"
+    assert [row["epoch"] for row in summary["history"]] == [1, 2]
+
+
+def test_an_accepted_resume_removes_a_partial_checkpoint_left_by_a_killed_run(tiny):
+    cfg = tiny(run_name="killed", resume=True)
+    run_dir = finished_run(tiny(run_name="killed"))
+    (run_dir / (CHECKPOINT + ".tmp")).write_bytes(b"\0" * 4096)  # kill -9 mid-write
+    Checkpointing(Checkpointer(run_dir, cfg), list, lambda history: None).load(num_clients=2)
+    assert not (run_dir / (CHECKPOINT + ".tmp")).exists()
