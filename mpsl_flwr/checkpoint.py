@@ -33,8 +33,20 @@ log = logging.getLogger("mpsl_flwr")
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 FORMAT = 1
-# Keys that may differ between the crashed run and its resumption.
-_MAY_CHANGE = {"resume", "progress", "step-timeout", "node-wait-timeout", "min-nodes"}
+# Keys that may differ between the crashed run and its resumption: they change where the
+# files go, how often they are written, how long to wait or how evaluation is batched,
+# never what is trained (so a copied or moved run dir resumes too).
+_MAY_CHANGE = {
+    "resume",
+    "progress",
+    "step-timeout",
+    "node-wait-timeout",
+    "min-nodes",
+    "eval-batch-size",
+    "checkpoint-every",
+    "run-name",
+    "output-dir",
+}
 
 
 def rng_state() -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,16 @@ from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.results import SUMMARY, RunRecorder
 from strategies.runner import run_experiment
+
+
+@pytest.fixture
+def logs(caplog):
+    """``caplog`` that also sees mpsl_flwr's records (its logger does not propagate once a
+    run has set up its console output)."""
+    logger = logging.getLogger("mpsl_flwr")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 def finished_run(cfg: RunConfig, num_clients: int = 2) -> Path:
@@ -147,12 +158,12 @@ def _saved_twice(tiny) -> Checkpointer:
     return Checkpointer(run_dir, cfg)
 
 
-def test_a_corrupt_latest_checkpoint_resumes_from_the_previous_one(tiny, caplog):
+def test_a_corrupt_latest_checkpoint_resumes_from_the_previous_one(tiny, logs):
     ckpt = _saved_twice(tiny)
     assert torch.load(ckpt.path.with_name(PREVIOUS), weights_only=True)["epoch"] == 1
     _truncate(ckpt.path)
     assert ckpt.load()["epoch"] == 1
-    warning = caplog.text
+    warning = logs.text
     assert f"{ckpt.path} is truncated or corrupt" in warning
     assert f"Resuming from {ckpt.path.with_name(PREVIOUS)} (after epoch 1)" in warning
     assert "weights_only" not in warning
@@ -227,3 +238,37 @@ def test_an_accepted_resume_removes_a_partial_checkpoint_left_by_a_killed_run(ti
     (run_dir / (CHECKPOINT + ".tmp")).write_bytes(b"\0" * 4096)  # kill -9 mid-write
     Checkpointing(Checkpointer(run_dir, cfg), list, lambda history: None).load(num_clients=2)
     assert not (run_dir / (CHECKPOINT + ".tmp")).exists()
+
+
+def test_a_client_state_missing_from_a_checkpoint_is_asked_again_then_marked(tiny, logs):
+    cfg = tiny(run_name="gaps", synthetic_train_size=32, synthetic_test_size=16, step_timeout=5.0)
+    grid = LocalGrid(client_app, 2, cfg.to_mapping())
+    asked = {1000: 0, 1001: 0}
+
+    def flaky(node_id, msg):
+        if msg.metadata.message_type != "query.state":
+            return msg
+        asked[node_id] += 1
+        # Node 1000 fails once and answers when asked again; node 1001 never does.
+        return "raise" if node_id == 1001 or asked[node_id] == 1 else msg
+
+    grid.fault = flaky
+    run_dir = run_experiment(cfg, grid)
+    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    assert asked == {1000: 2, 1001: 2}
+    assert sorted(ckpt["clients"]) == [0] and ckpt["incomplete"] == [1]
+    assert "Checkpoint after epoch 1 is incomplete: no state of clients [1]" in logs.text
+    logs.clear()
+    resume(tiny(run_name="gaps", resume=True, synthetic_train_size=32, synthetic_test_size=16))
+    assert "resumed run will not equal an uninterrupted one" in logs.text
+
+
+def test_resume_allows_harmless_keys_and_a_copied_run_dir(tiny, tmp_path):
+    import shutil
+
+    run_dir = finished_run(tiny(run_name="orig"))
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(run_dir, copy)
+    cfg = tiny(run_name="copy", resume=True, eval_batch_size=8, checkpoint_every=2)
+    cfg = RunConfig.from_mapping({**cfg.to_mapping(), "output-dir": str(copy.parent)})
+    assert Checkpointer(copy, cfg).load()["epoch"] == 1
