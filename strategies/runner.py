@@ -41,6 +41,8 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     setup_logging()
     exp = Experiment.from_config(cfg)
     recorder = RunRecorder(cfg, headline=exp.task.headline)
+    if grid is not None:  # so a launcher finds the directory its own run wrote
+        recorder.update(**{"flwr-run-id": grid.run.run_id})
     checkpointing = Checkpointing(
         Checkpointer(recorder.dir, cfg), lambda: list(recorder.history), recorder.restore
     )

@@ -257,6 +257,7 @@ def test_a_client_state_missing_from_a_checkpoint_is_asked_again_then_marked(tin
     ckpt = torch.load(run_dir / CHECKPOINT, weights_only=True)
     assert asked == {1000: 2, 1001: 2}
     assert sorted(ckpt["clients"]) == [0] and ckpt["incomplete"] == [1]
+    assert json.loads((run_dir / SUMMARY).read_text())["flwr-run-id"] == 1  # for launchers
     assert "Checkpoint after epoch 1 is incomplete: no state of clients [1]" in logs.text
     logs.clear()
     resume(tiny(run_name="gaps", resume=True, synthetic_train_size=32, synthetic_test_size=16))
@@ -272,3 +273,43 @@ def test_resume_allows_harmless_keys_and_a_copied_run_dir(tiny, tmp_path):
     cfg = tiny(run_name="copy", resume=True, eval_batch_size=8, checkpoint_every=2)
     cfg = RunConfig.from_mapping({**cfg.to_mapping(), "output-dir": str(copy.parent)})
     assert Checkpointer(copy, cfg).load()["epoch"] == 1
+
+
+class _TwinLauncherLink:
+    """A FlwrCli whose ``flwr run`` is a second run of an already taken run-name: its
+    ServerApp writes ``<name>-2`` while the first run's ``<name>`` is there."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.env: dict[str, str] = {}
+
+    def conn_args(self) -> list[str]:
+        return []
+
+    def flwr(self, *args: str, **kwargs) -> str:
+        if args[0] == "run":
+            for name, run_id, loss in (("same", 1, 9.0), ("same-2", 2, 1.0)):
+                (self.output_dir / name).mkdir(parents=True)
+                row = {"epoch": 1, "train-loss": loss}
+                summary = {"status": "completed", "flwr-run-id": run_id, "history": [row]}
+                (self.output_dir / name / SUMMARY).write_text(json.dumps(summary))
+            return json.dumps({"run-id": 2})
+        return ""
+
+    def run_status(self, run_id: int) -> str:
+        return "finished:completed"
+
+    def check_alive(self) -> None:
+        pass
+
+
+def test_the_launcher_reports_the_run_dir_its_own_run_wrote(tmp_path, capsys):
+    from mpsl_flwr.ops.launch import flwr_run, report
+
+    link = _TwinLauncherLink(tmp_path)
+    config = {"output-dir": str(tmp_path), "run-name": "same"}
+    outcome = flwr_run(link, config, 2, stream=False)  # type: ignore[arg-type]
+    assert outcome.run_dir == tmp_path / "same-2"
+    assert report(outcome, "") == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 1 |" in out and f"Results: {tmp_path / 'same-2'}" in out
