@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from mpsl_flwr.config import RunConfig
@@ -117,6 +118,20 @@ class RunRecorder:
                 self.lock.release()
                 raise
         log.info("Writing results to %s", self.dir)
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Mark the run failed on an error; let go of the run directory in any case."""
+        if exc is not None:
+            self.fail(exc)
+        self.lock.release()
 
     def restore(self, history: list[dict[str, Any]]) -> None:
         """Continue from a checkpoint's history: rows after it are dropped from the files.
