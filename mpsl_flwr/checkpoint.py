@@ -110,11 +110,15 @@ class Checkpointer:
             # record why it failed.
             tmp.unlink(missing_ok=True)
             if isinstance(err, OSError):
+                then = (
+                    "The previous checkpoint is intact: free space, then resume with resume=true."
+                    if self.path.is_file()
+                    else "No checkpoint was written before: free space and start again."
+                )
                 raise CheckpointWriteError(
                     err.errno,
                     f"Could not write the checkpoint after epoch {payload['epoch']} to "
-                    f"{self.path}: {err.strerror or err}. The previous checkpoint is intact: "
-                    "free space, then resume with resume=true.",
+                    f"{self.path}: {err.strerror or err}. {then}",
                 ) from err
             raise
         if self.path.is_file() and not self._latest_bad:
@@ -147,7 +151,7 @@ class Checkpointer:
         changed = sorted(k for k in now if k not in _MAY_CHANGE and saved.get(k) != now[k])
         if changed:
             raise CheckpointError(
-                f"Cannot resume {self.path}: run-config keys differ from the checkpointed run: "
+                f"Cannot resume {source}: run-config keys differ from the checkpointed run: "
                 + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in changed)
             )
         log.info("Resuming after epoch %d from %s", payload["epoch"], source)
