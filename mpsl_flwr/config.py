@@ -432,6 +432,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         )
     if cfg.resume and not cfg.run_name:
         raise ConfigError("resume=true needs 'run-name' set to the run to resume.")
+    _check_run_name(cfg.run_name)
     for name in (
         "image_size",
         "audio_frames",
@@ -471,6 +472,15 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(
             f"Run-config key 'finetune-blocks' must lie in [0, {cfg.depth}] "
             f"(the encoder depth) or be -1 for all blocks; got {cfg.finetune_blocks}."
+        )
+
+
+def _check_run_name(name: str) -> None:
+    """A run directory is ``<output-dir>/<run-name>``: the name must not lead out of it."""
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise ConfigError(
+            f"Run-config key 'run-name' must be a plain directory name (no '/' or '\\', "
+            f"not '.' or '..'); got {name!r}. Choose where runs go with 'output-dir'."
         )
 
 

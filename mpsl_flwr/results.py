@@ -3,7 +3,9 @@
 Each epoch (or round) is appended to ``history.jsonl`` and flushed to disk at once, and
 ``summary.json`` is rewritten atomically after every epoch with ``status: running``, so
 a crash loses at most the epoch in progress. A new run never reuses a directory: a
-taken name gets a ``-2``, ``-3`` ... suffix.
+taken name gets a ``-2``, ``-3`` ... suffix. A resumed run writes nothing into the run
+directory until its checkpoint has been accepted (:meth:`RunRecorder.restore`), so a
+refused resume leaves the run it names as it was.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.records import EpochRecord
+from mpsl_flwr.run_lock import RunLock
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -91,6 +95,7 @@ class RunRecorder:
                 )
         else:
             self.dir = new_run_dir(root, name)
+        self.lock = RunLock.acquire(self.dir)
         self.history: list[dict[str, Any]] = []
         self.t0 = time.time()
         self.summary: dict[str, Any] = {
@@ -103,12 +108,37 @@ class RunRecorder:
             "run-dir": str(self.dir),
             "config": cfg.to_mapping(),
         }
-        _atomic_write(self.dir / "config.json", json.dumps(cfg.to_mapping(), indent=2))
-        self._write_summary()
+        # A resumed run's files belong to the run it continues until its checkpoint is
+        # accepted; a new run's are its own from the start.
+        self.writing = not out.resume
+        if self.writing:
+            try:
+                self._write_config()
+            except BaseException:
+                self.lock.release()
+                raise
         log.info("Writing results to %s", self.dir)
 
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Mark the run failed on an error; let go of the run directory in any case."""
+        if exc is not None:
+            self.fail(exc)
+        self.lock.release()
+
     def restore(self, history: list[dict[str, Any]]) -> None:
-        """Continue from a checkpoint's history: rows after it are dropped from the files."""
+        """Continue from a checkpoint's history: rows after it are dropped from the files.
+
+        This is where a resumed run takes over its directory (config included)."""
+        self.writing = True
+        self._write_config()
         self.history = [EpochRecord.from_row(row).to_row() for row in history]
         if self.history:
             self.t0 = time.time() - float(self.history[-1]["wall-time-s"] or 0.0)
@@ -145,16 +175,28 @@ class RunRecorder:
             plot_history(self.history, self.dir / PLOT, title=self.dir.name, metric=self.headline)
         except Exception as err:
             log.warning("Could not draw %s: %s", PLOT, err)
+        self.lock.release()
         return self.dir / SUMMARY
 
     def fail(self, error: BaseException) -> None:
-        """Mark the run failed (the history written so far stays)."""
+        """Mark the run failed (the history written so far stays) and let go of the run
+        directory; a resume that was refused writes nothing."""
         self.summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+        try:
+            self._write_summary()
+        except OSError as err:  # a full disk must not hide the error that ended the run
+            log.error("Could not mark %s failed: %s", self.dir / SUMMARY, err)
+        finally:
+            self.lock.release()
+
+    def _write_config(self) -> None:
+        _atomic_write(self.dir / "config.json", json.dumps(self.cfg.to_mapping(), indent=2))
         self._write_summary()
 
     def _write_summary(self) -> None:
         self.summary["history"] = self.history
-        _atomic_write(self.dir / SUMMARY, json.dumps(self.summary, indent=2))
+        if self.writing:
+            _atomic_write(self.dir / SUMMARY, json.dumps(self.summary, indent=2))
 
     def _write_csv(self) -> None:
         keys: list[str] = []

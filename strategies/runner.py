@@ -40,32 +40,29 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     """Train with ``cfg.strategy``; returns the run directory."""
     setup_logging()
     exp = Experiment.from_config(cfg)
-    recorder = RunRecorder(cfg, headline=exp.task.headline)
-    try:
-        final = _dispatch(exp, grid, recorder)
-    except BaseException as err:
-        recorder.fail(err)
-        raise
-    # Peak resident memory of the process that ran the server side (the ServerApp
-    # process under `flwr run`); Linux reports kilobytes.
-    recorder.update(
-        **{
-            "server-peak-rss-mb": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-            )
-        }
-    )
-    recorder.finish(final)
+    with RunRecorder(cfg, headline=exp.task.headline) as recorder:  # failed on an error
+        if grid is not None:  # so a launcher finds the directory its own run wrote
+            recorder.update(**{"flwr-run-id": grid.run.run_id})
+        checkpointing = Checkpointing(
+            Checkpointer(recorder.dir, cfg), lambda: list(recorder.history), recorder.restore
+        )
+        if cfg.resume:
+            checkpointing.checkpointer.load()  # refuse a bad resume before anything starts
+        final = _dispatch(exp, grid, recorder, checkpointing)
+        # Peak resident memory of the process that ran the server side (the ServerApp
+        # process under `flwr run`); Linux reports kilobytes.
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        recorder.update(**{"server-peak-rss-mb": round(rss_mb, 1)})
+        recorder.finish(final)
     print("\n" + format_table(recorder.history, exp.task.table_columns), flush=True)
     print(f"\nResults: {recorder.dir}", flush=True)
     return recorder.dir
 
 
-def _dispatch(exp: Experiment, grid: Grid | None, recorder: RunRecorder) -> dict[str, Any]:
+def _dispatch(
+    exp: Experiment, grid: Grid | None, recorder: RunRecorder, checkpointing: Checkpointing
+) -> dict[str, Any]:
     cfg = exp.cfg
-    checkpointing = Checkpointing(
-        Checkpointer(recorder.dir, cfg), lambda: list(recorder.history), recorder.restore
-    )
 
     def evaluate(epoch: int, head, server) -> dict[str, Any]:
         return exp.evaluate(head, server)

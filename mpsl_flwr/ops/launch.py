@@ -32,7 +32,7 @@ from typing import Any
 from mpsl_flwr.config import resolve_config
 from mpsl_flwr.ops import fast_flower, flower_patches
 from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
-from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, summary_status
+from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, own_run_dir, summary_status
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.results import SUMMARY, format_table
@@ -137,16 +137,19 @@ def flwr_run(
             [executable("flwr"), "log", str(run_id), *link.conn_args()], env=link.env
         )
     status = ""
+    chosen = run_dir
     try:
         deadline = time.monotonic() + timeout
         next_check = 0.0
         while True:
             now = time.monotonic()
+            run_dir = own_run_dir(chosen, run_id) or chosen
             if summary_status(run_dir) not in (None, "running"):
                 next_check = min(next_check, now)  # the ServerApp is done: confirm soon
             if now >= next_check:
                 status = link.run_status(run_id)
                 if status.startswith("finished"):
+                    run_dir = own_run_dir(chosen, run_id) or chosen
                     break
                 finishing = summary_status(run_dir) not in (None, "running")
                 next_check = now + (2.0 if finishing else status_interval)

@@ -6,8 +6,11 @@ to read *this* run's ``summary.json`` and never an older one's, so it chooses th
 itself and submits it: the configured ``run-name``, or the recorder's default
 ``<strategy>-<dataset>-<size>-s<seed>-<time>``, made free with ``-2``, ``-3`` ... unless
 the run resumes, with the output directory made absolute (the ServerApp's working
-directory is not the launcher's). :func:`choose_run_dir` is that decision;
-:func:`read_summary` and :func:`summary_status` read what the run wrote.
+directory is not the launcher's). :func:`choose_run_dir` is that decision. Two
+launchers may choose the same free name at once; the ServerApp that comes second then
+writes ``<name>-2``, so the launcher looks for the directory whose summary names its
+Flower run (:func:`own_run_dir`). :func:`read_summary` and :func:`summary_status` read
+what the run wrote.
 """
 
 from __future__ import annotations
@@ -40,6 +43,21 @@ def choose_run_dir(run_config: Mapping[str, Any], app_dir: Path) -> Path:
     if not cfg.resume:
         name = free_run_name(output_dir, name)
     return output_dir / name
+
+
+def own_run_dir(chosen: Path, run_id: int) -> Path | None:
+    """Of ``chosen`` and its ``-2``, ``-3`` ... siblings, the directory whose summary.json
+    names Flower run ``run_id``; None while none does."""
+    for name in run_name_candidates(chosen.name):
+        path = chosen.with_name(name)
+        if not path.exists():
+            return None
+        try:
+            if read_summary(path).get("flwr-run-id") == run_id:
+                return path
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -22,7 +22,15 @@ from mpsl_flwr.models.split_model import load_trainable_state, trainable_state
 log = logging.getLogger("mpsl_flwr")
 
 
+_RESUMING_INCOMPLETE = (
+    "Resuming from it restarts those clients' heads from the aggregated head "
+    "(head-sync=push) or their initial head (keep), with a fresh optimiser, so the "
+    "resumed run will not equal an uninterrupted one."
+)
+
+
 def checkpoint_payload(
+    epoch: int,
     server_model: ServerModel,
     head: ClientHead,
     optimizer: torch.optim.Optimizer,
@@ -30,16 +38,25 @@ def checkpoint_payload(
     clients: dict[int, dict[str, object]],
     expected: set[int],
 ) -> dict[str, Any]:
-    """Server side and every client's state; warns about clients that did not answer."""
+    """Server side and every client's state; a client that did not answer marks the
+    checkpoint ``incomplete`` (with a warning that says what resuming from it means)."""
     missing = sorted(expected - set(clients))
     if missing:
-        log.warning("Checkpoint lacks the state of clients %s (no answer).", missing)
+        log.warning(
+            "Checkpoint after epoch %d is incomplete: no state of clients %s (no answer, "
+            "asked twice). %s",
+            epoch,
+            missing,
+            _RESUMING_INCOMPLETE,
+        )
     return {
         "server": server_model.state_dict(),
         "head": trainable_state(head),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "clients": clients,
+        "num-clients": len(expected),
+        "incomplete": missing,
     }
 
 
@@ -57,5 +74,12 @@ def restore(
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"])
+    if ckpt.get("incomplete"):
+        log.warning(
+            "The checkpoint after epoch %d holds no state of clients %s. %s",
+            ckpt["epoch"],
+            ckpt["incomplete"],
+            _RESUMING_INCOMPLETE,
+        )
     clients = {int(cid): parts for cid, parts in ckpt["clients"].items()}
     return int(ckpt["epoch"]), clients

@@ -120,7 +120,7 @@ class MPSL:
         )
         first_epoch = 0
         if checkpointing is not None and checkpointing.resume:
-            ckpt = checkpointing.load()
+            ckpt = checkpointing.load(num_clients=len(clients))
             first_epoch, self._restore = resume.restore(
                 ckpt, self.server_model, self.head, optimizer, scheduler
             )
@@ -264,12 +264,26 @@ class MPSL:
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, epoch: int) -> dict[str, Any]:
         """Server side and every client's state, as :mod:`mpsl_flwr.checkpoint` stores it."""
-        states = self.legs.states(list(self.clients), f"e{epoch}state")
         return resume.checkpoint_payload(
+            epoch + 1,
             self.server_model,
             self.head,
             self.server.optimizer,
             self.server.scheduler,
-            states,
+            self._client_states(epoch),
             set(self.clients),
         )
+
+    def _client_states(self, epoch: int) -> dict[int, dict[str, object]]:
+        """``query.state`` of every client; one that does not answer is asked once more as
+        soon as its node is free (within ``step-timeout``), since a checkpoint without a
+        client's state cannot resume exactly."""
+        states = self.legs.states(list(self.clients), f"e{epoch}state")
+        missing = [cid for cid in self.clients if cid not in states]
+        if missing:
+            nodes = {self.roster.node_of(cid) for cid in missing}
+            deadline = time.monotonic() + self.cfg.step_timeout
+            while nodes & self.exchange.busy_nodes() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            states |= self.legs.states(missing, f"e{epoch}state-again")
+        return states
