@@ -7,6 +7,7 @@ recorded by ``RecordingGrid``; true labels come from the partitions, outside the
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -230,3 +231,28 @@ def test_prior_decoding_reaches_the_bound_on_skewed_clients():
     assert attacks.recovery_rate(r, y) == pytest.approx(rr.keep_probability, abs=0.02)
     assert attacks.recovery_rate(decoded, y) == pytest.approx(bound, abs=0.02)
     assert attacks.recovery_rate(decoded, y) > attacks.recovery_rate(r, y) + 0.3
+
+
+# ------------------------------------------------------------------ the sweep
+def test_privacy_frontier_writes_table_plot_and_continues_where_it_stopped(tmp_path, capsys):
+    from mpsl_flwr import cli
+
+    tiny = " ".join(f"{k}={str(v).lower()}" for k, v in TINY.items())
+    out = tmp_path / "frontier"
+    argv = ["--nodes", str(NODES), "--tasks", "synthetic-vqa", "--seeds", "0", "--steps", "1"]
+    argv += ["--out", str(out), "--run-config", tiny]
+    assert cli.privacy_frontier([*argv, "--settings", "none"]) == 0
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 1
+    assert cli.privacy_frontier([*argv, "--settings", "none", "client-tail+label-dp"]) == 0
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # none kept, then the one client-tail+label-dp setting
+    table = (out / "frontier.md").read_text()
+    both = "client-tail+label-dp eps=2"
+    assert "| synthetic-vqa | none |" in table and f"| synthetic-vqa | {both} |" in table
+    assert (out / "frontier.png").stat().st_size > 10_000
+    rows = list(csv.DictReader((out / "frontier.csv").open()))
+    none = next(r for r in rows if r["setting"] == "none")
+    assert float(none["best-attack-recovery"]) == 1.0 and none["bound"] == ""
+    dp = next(r for r in rows if r["setting"] == both)
+    assert float(dp["best-attack-recovery"]) < 1.0 and 0 < float(dp["bound"]) < 1
+    assert both in capsys.readouterr().out

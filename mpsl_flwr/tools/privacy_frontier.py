@@ -30,7 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mpsl_flwr.config import resolve_config
 from mpsl_flwr.costs import measure
+from mpsl_flwr.data.registry import dataset_info
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.privacy.truth import LabelOracle
 from mpsl_flwr.progress import progress
@@ -183,6 +185,7 @@ def summarise(runs: list[FrontierRun]) -> list[dict[str, Any]]:
                 "best-attack-recovery-std": rec_std,
                 "best-attack": "/".join(attacks),
                 "chance": statistics.fmean(r.chance for r in mine),
+                "accuracy-chance": 1.0 / _num_classes(task),
                 "bound": statistics.fmean(bounds) if bounds else None,
                 "client-params": mine[0].client_params,
                 "client-gflops-fwd-bwd": mine[0].client_gflops_fwd_bwd,
@@ -190,6 +193,10 @@ def summarise(runs: list[FrontierRun]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _num_classes(task: str) -> int:
+    return dataset_info(resolve_config({"dataset": task}).data).num_classes
 
 
 def _order(setting: str) -> int:
@@ -216,41 +223,50 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy against best-attack recovery: the privacy-utility frontier."""
+    """Accuracy against best-attack recovery: the privacy-utility frontier, one panel per
+    task, one marker per setting (the same across panels), chance marked on both axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in rows})
+    settings = sorted({r["setting"] for r in rows}, key=_order)
+    colours = plt.get_cmap("tab10")
+    markers = "osD^vP*X"
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.8), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        mine = [r for r in rows if r["task"] == task]
-        for r in mine:
+        mine = {r["setting"]: r for r in rows if r["task"] == task}
+        for i, setting in enumerate(settings):
+            if setting not in mine:
+                continue
+            r = mine[setting]
             ax.errorbar(
                 r["best-attack-recovery"],
                 r["test-accuracy"],
                 xerr=r["best-attack-recovery-std"],
                 yerr=r["test-accuracy-std"],
-                fmt="o",
+                fmt=markers[i % len(markers)],
+                color=colours(i),
                 capsize=3,
+                label=setting,
             )
-            ax.annotate(
-                r["setting"],
-                (r["best-attack-recovery"], r["test-accuracy"]),
-                fontsize=8,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-        chance = statistics.fmean(r["chance"] for r in mine)
-        ax.axvline(chance, color="grey", linestyle="--", label=f"chance {chance:.2f}")
+        attack_chance = statistics.fmean(r["chance"] for r in mine.values())
+        ax.axvline(attack_chance, color="grey", linestyle="--", label="attack chance (majority)")
+        accuracy_chance = next(iter(mine.values()))["accuracy-chance"]
+        ax.axhline(accuracy_chance, color="grey", linestyle=":", label="accuracy chance (1/C)")
         ax.set_xlim(0, 1.05)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("labels recovered by the best attack (fraction)")
         ax.set_ylabel("test accuracy")
         ax.set_title(task)
-        ax.legend(loc="lower right")
+    legend: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
     fig.suptitle("MPSL label privacy: utility against the best label attack (mean +- std)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
