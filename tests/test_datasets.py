@@ -500,3 +500,26 @@ def test_partition_plot_writes_png_of_the_client_partitions(tmp_path):
 
 def test_pyproject_config_matches_defaults():
     assert load_pyproject_config() == RunConfig().to_mapping()
+
+
+# ---------------------------------------------------------------- dataset files (issue 15)
+
+
+def append_raw(path: Path, text: str) -> None:
+    """Append ``text`` as is (a cut-off row has no closing newline)."""
+    with path.open("a", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+
+
+def test_truncated_kinetics_row_names_file_and_line(tmp_path):
+    root = make_kinetics(tmp_path)
+    append_raw(root / "annotations" / "validate.csv", "singing,v2,0")  # cut after time_start
+    with pytest.raises(DatasetFormatError, match=r"validate\.csv, line 3: .*time_end"):
+        dataset_info(cfg_for("kinetics-sounds", root).data)
+
+
+def test_truncated_meld_row_names_file_and_line(tmp_path):
+    root = make_meld(tmp_path)
+    append_raw(root / "test_sent_emo.csv", "2,Cut off here")
+    with pytest.raises(DatasetFormatError, match=r"test_sent_emo\.csv, line 3: .*Emotion"):
+        dataset_info(cfg_for("meld", root).data)

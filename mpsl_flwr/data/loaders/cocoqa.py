@@ -37,7 +37,7 @@ def _read_split(files: Files, split: str) -> dict[str, list[str]]:
     for i, value in enumerate(columns["img_ids"]):
         if not value.isdigit():
             path = files.root / split / "img_ids.txt"
-            raise files.malformed(path, f"line {i + 1} is {value!r}, not a COCO image id")
+            raise files.malformed(path, f"{value!r} is not a COCO image id", i + 1)
     return columns
 
 

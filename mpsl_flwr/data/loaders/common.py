@@ -22,6 +22,7 @@ import numpy as np
 
 from mpsl_flwr.data.base import Kind
 from mpsl_flwr.data.errors import (
+    DatasetFormatError,
     DatasetNotFoundError,
     layout_hint,
     malformed,
@@ -90,8 +91,9 @@ class Files:
                 return self.root / name
         return self.file(candidates[0])
 
-    def malformed(self, path: Path, problem: str) -> Exception:
-        return malformed(path, self.dataset, self.layout, problem)
+    def malformed(self, path: Path, problem: str, line: int | None = None) -> DatasetFormatError:
+        """The error for a bad file or, with ``line``, one bad line of it."""
+        return malformed(path, self.dataset, self.layout, problem, line)
 
     def missing(self, what: str) -> DatasetNotFoundError:
         return DatasetNotFoundError(
@@ -100,14 +102,23 @@ class Files:
 
     def lines(self, path: Path) -> list[str]:
         """Non-empty lines of a UTF-8 text file, stripped."""
+        return [line for _, line in self.numbered_lines(path)]
+
+    def numbered_lines(self, path: Path) -> list[tuple[int, str]]:
+        """(1-based line number, stripped line) of each non-empty line, for error messages."""
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise self.malformed(path, f"not UTF-8 text ({err.reason})") from err
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return [(i + 1, line.strip()) for i, line in enumerate(text.splitlines()) if line.strip()]
 
-    def csv_rows(self, path: Path, columns: Iterable[str]) -> list[dict[str, str]]:
-        """Rows of a CSV file with a header that has at least ``columns``."""
+    def csv_rows(self, path: Path, columns: Iterable[str]) -> list[tuple[int, dict[str, str]]]:
+        """(line number, row) of each row of a CSV file whose header has ``columns``.
+
+        A row lacking one of ``columns`` (a cut-off file) fails here, naming its line,
+        rather than as a ``None`` deep inside a loader.
+        """
+        columns = tuple(columns)
         with path.open(encoding="utf-8", errors="replace", newline="") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
@@ -116,10 +127,28 @@ class Files:
                 raise self.malformed(
                     path, f"its header lacks column(s) {missing}; found {header[:12]}"
                 )
+            rows = []
             try:
-                return list(reader)
+                for row in reader:
+                    rows.append(
+                        (reader.line_num, self._complete(path, reader.line_num, row, columns))
+                    )
             except csv.Error as err:
-                raise self.malformed(path, f"CSV parse error: {err}") from err
+                raise self.malformed(path, f"CSV parse error: {err}", reader.line_num) from err
+            return rows
+
+    def _complete(
+        self, path: Path, line: int, row: dict[str, str], columns: tuple[str, ...]
+    ) -> dict[str, str]:
+        absent = [c for c in columns if row.get(c) is None]
+        if absent:
+            raise self.malformed(
+                path,
+                f"the row ends before column(s) {absent}; the file looks cut off: "
+                "restore it from the official release",
+                line,
+            )
+        return row
 
     def json(self, path: Path) -> Any:
         try:

@@ -78,8 +78,14 @@ SPLITS = {
 }
 
 
-def _clip_name(row: dict[str, str]) -> str:
-    start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+def _clip_name(files: Files, csv_path: Path, line: int, row: dict[str, str]) -> str:
+    """The clip's file stem, ``<youtube_id>_<start:06d>_<end:06d>``."""
+    try:
+        start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+    except ValueError as err:
+        raise files.malformed(
+            csv_path, f"time_start/time_end must be numbers of seconds ({err})", line
+        ) from err
     return f"{row['youtube_id']}_{start:06d}_{end:06d}"
 
 
@@ -91,11 +97,9 @@ def parse(root: Path) -> Parsed:
     for split, (csv_names, folder) in SPLITS.items():
         csv_path = files.first_existing(*csv_names)
         videos_dir = files.dir(folder)
-        rows = [r for r in files.csv_rows(csv_path, COLUMNS) if r["label"] in index]
-        try:
-            names = [_clip_name(r) for r in rows]
-        except ValueError as err:
-            raise files.malformed(csv_path, f"time_start/time_end must be numbers ({err})") from err
+        numbered = [(n, r) for n, r in files.csv_rows(csv_path, COLUMNS) if r["label"] in index]
+        rows = [r for _, r in numbered]
+        names = [_clip_name(files, csv_path, n, r) for n, r in numbered]
         clips, audio = scan(videos_dir, VIDEO_SUFFIXES, AUDIO_SUFFIXES)
         present = [(n, r) for n, r in zip(names, rows, strict=True) if n in clips]
         report_missing(NAME, split, len(rows) - len(present), len(rows))

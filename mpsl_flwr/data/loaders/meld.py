@@ -47,7 +47,7 @@ def parse(root: Path) -> Parsed:
     for split, (csv_name, folder) in SPLITS.items():
         csv_path = files.file(csv_name)
         clips_dir = files.dir(folder)
-        rows = files.csv_rows(csv_path, COLUMNS)
+        rows = [r for _, r in files.csv_rows(csv_path, COLUMNS)]
         emotions = {r["Emotion"].strip().lower() for r in rows}
         if not emotions <= set(EMOTIONS):
             raise files.malformed(csv_path, f"unknown emotions {sorted(emotions - set(EMOTIONS))}")

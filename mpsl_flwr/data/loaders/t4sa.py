@@ -34,10 +34,10 @@ _URL = re.compile(r"https?://\S+")
 def _read_split(files: Files, split: str) -> tuple[list[Path], list[str], np.ndarray]:
     path = files.file(SPLIT_FILES[split])
     images, tweet_ids, labels = [], [], []
-    for i, line in enumerate(files.lines(path)):
+    for number, line in files.numbered_lines(path):
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-            raise files.malformed(path, f"line {i + 1} is {line!r}; want '<image path> <0|1|2>'")
+            raise files.malformed(path, f"{line!r} is not '<image path> <0|1|2>'", number)
         image = path.parent / parts[0]
         images.append(image)
         tweet_ids.append(image.stem.split("-")[0])

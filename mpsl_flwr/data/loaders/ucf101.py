@@ -40,10 +40,10 @@ LISTS = {"train": "trainlist01.txt", "test": "testlist01.txt"}
 def _class_index(files: Files) -> list[str]:
     path = files.file("ucfTrainTestlist", "classInd.txt")
     names = []
-    for i, line in enumerate(files.lines(path)):
+    for number, line in files.numbered_lines(path):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise files.malformed(path, f"line {i + 1} is {line!r}; want '<number> <Class>'")
+            raise files.malformed(path, f"{line!r} is not '<number> <Class>'", number)
         names.append(parts[1])
     return names
 
@@ -52,12 +52,12 @@ def _video_list(files: Files, split: str, known: dict[str, str]) -> list[tuple[s
     """(class name as in classInd.txt, video path relative to UCF-101/) per listed video."""
     path = files.file("ucfTrainTestlist", LISTS[split])
     out = []
-    for i, line in enumerate(files.lines(path)):
+    for number, line in files.numbered_lines(path):
         rel = line.split()[0]
         folder = rel.split("/")[0]
         # classInd and the folders disagree on case once (HandstandPushups).
         if "/" not in rel or folder.lower() not in known:
-            raise files.malformed(path, f"line {i + 1} ({rel!r}) is not '<Class>/<video>.avi'")
+            raise files.malformed(path, f"{rel!r} is not '<Class>/<video>.avi'", number)
         out.append((known[folder.lower()], rel))
     return out
 
