@@ -523,3 +523,45 @@ def test_truncated_meld_row_names_file_and_line(tmp_path):
     append_raw(root / "test_sent_emo.csv", "2,Cut off here")
     with pytest.raises(DatasetFormatError, match=r"test_sent_emo\.csv, line 3: .*Emotion"):
         dataset_info(cfg_for("meld", root).data)
+
+
+def test_truncated_ucf101_list_line_is_reported_at_open(tmp_path, caplog):
+    root = make_ucf101(tmp_path)
+    lists = root / "ucfTrainTestlist"
+    write_lines(
+        lists / "testlist01.txt",
+        [
+            "Archery/v_Archery_g03_c0",
+            *lists.joinpath("testlist01.txt").read_text().splitlines()[1:],
+        ],
+    )
+    cfg = cfg_for("ucf101", root)
+    assert cfg.missing_files == "skip"  # the default: public copies lack some clips
+    test = load_split(cfg.data, "test")
+    assert test.labels.tolist() == [1]  # the cut line's video is left out at open
+    assert "1 of 2 test videos" in caplog.text
+    assert "testlist01.txt line 1" in caplog.text and "v_Archery_g03_c0" in caplog.text
+    with pytest.raises(DatasetNotFoundError, match=r"testlist01\.txt line 1.*missing-files"):
+        dataset_info(cfg_for("ucf101", root, missing_files="fail").data)
+
+
+def test_missing_files_fail_applies_to_clips_found_by_name(tmp_path):
+    root = make_kinetics(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"1 of 4 train clips.*train\.csv line 6"):
+        dataset_info(cfg_for("kinetics-sounds", root, missing_files="fail").data)
+
+
+def test_missing_files_key_takes_fail_or_skip():
+    from mpsl_flwr.config import ConfigError
+
+    assert RunConfig.from_mapping({"missing-files": "fail"}).data.missing_files == "fail"
+    with pytest.raises(ConfigError, match="missing-files"):
+        RunConfig.from_mapping({"missing-files": "ignore"})
+
+
+def test_missing_retrieval_image_is_left_out_and_pair_ids_renumbered(tmp_path, caplog):
+    root = make_karpathy(tmp_path)  # test images 3 and 4
+    (root / "val2014" / "COCO_val2014_000000000003.jpg").unlink()
+    test = load_split(cfg_for("mscoco", root).data, "test")
+    assert test.labels.tolist() == [0] * 5 and len(test.table.media) == 1
+    assert "dataset_coco.json image 3" in caplog.text

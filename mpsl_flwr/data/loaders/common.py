@@ -13,13 +13,14 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.base import Kind
 from mpsl_flwr.data.errors import (
     DatasetFormatError,
@@ -36,6 +37,7 @@ log = logging.getLogger("mpsl_flwr")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 CLASSES_FILE = "classes.txt"
+MISSING_SHOWN = 3  # missing files named in a message; the count covers the rest
 
 
 class ProxyLabels(Protocol):
@@ -65,18 +67,37 @@ class DatasetSpec:
     kind: Kind
     modalities: tuple[str, ...]
     layout: str
-    parse: Callable[[Path], Parsed]
+    parse: Callable[[Path, MissingFiles], Parsed]
     image_size: int = 0
     audio_frames: int = 0
     text_length: int = 0
     proxy_labels: ProxyLabels | None = None
 
 
-class Files:
-    """Path helpers bound to one dataset, so every error names it and shows its layout."""
+@dataclass(frozen=True)
+class Listed:
+    """A media file an index lists, as messages show it, and where: ``<file> line <n>``."""
 
-    def __init__(self, dataset: str, layout: str, root: Path) -> None:
+    name: str
+    where: str
+
+    @classmethod
+    def at(cls, name: str | Path, index: Path, line: int) -> Listed:
+        return cls(str(name), f"{index.name} line {line}")
+
+
+class Files:
+    """Path helpers bound to one dataset, so every error names it and shows its layout.
+
+    ``missing_files`` is run-config ``missing-files``: what to do with listed media
+    that ``data-dir`` lacks.
+    """
+
+    def __init__(
+        self, dataset: str, layout: str, root: Path, missing_files: MissingFiles = "fail"
+    ) -> None:
         self.dataset, self.layout, self.root = dataset, layout, root
+        self.missing_files = missing_files
 
     def dir(self, *parts: str) -> Path:
         return require_dir(self.root.joinpath(*parts), self.dataset, self.layout)
@@ -157,15 +178,46 @@ class Files:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise self.malformed(path, f"not valid JSON ({err})") from err
 
-    def check_media(self, table: SampleTable, split: str) -> SampleTable:
-        """Fail early when ``split``'s first media file is absent: a wrong root, not one
-        missing file (those are reported by name when decoded)."""
-        if not len(table):
+    def check_media(
+        self, table: SampleTable, split: str, noun: str, listed: Sequence[Listed]
+    ) -> SampleTable:
+        """``table`` without the samples whose media file is absent (``listed[i]`` says
+        where ``table.media[i]`` is listed), per ``missing-files``.
+
+        Every file gets one ``stat`` at open, so a missing one is named now, not when
+        its batch is drawn an epoch later.
+        """
+        found = self.keep_listed(split, noun, listed, [p.is_file() for p in table.media])
+        return table.subset(found[table.media_of])
+
+    def keep_listed(
+        self, split: str, noun: str, listed: Sequence[Listed], found: Sequence[bool]
+    ) -> np.ndarray:
+        """Mask of the ``listed`` media that were ``found``; fails when none was, or when
+        any is missing and ``missing-files`` is ``fail``, else warns naming the first few."""
+        mask = np.asarray(found, dtype=bool)
+        absent = np.flatnonzero(~mask)
+        if not len(listed):
             raise self.missing(f"the {split} split has no samples")
-        first = table.media[int(table.media_of[0])]
-        if not first.is_file():
-            raise self.missing(f"the {split} index lists {first}, which does not exist")
-        return table
+        if not len(absent):
+            return mask
+        shown = ", ".join(f"{listed[i].name} ({listed[i].where})" for i in absent[:MISSING_SHOWN])
+        more = ", ..." if len(absent) > MISSING_SHOWN else ""
+        if len(absent) == len(listed):
+            raise self.missing(
+                f"none of the {len(listed)} {split} {noun} listed in the index exists under "
+                f"{self.root} (e.g. {shown}); check 'data-dir'"
+            )
+        what = (
+            f"{len(absent)} of {len(listed)} {split} {noun} listed in the index are missing: "
+            f"{shown}{more}"
+        )
+        if self.missing_files == "fail":
+            raise self.missing(
+                f'{what}. Restore them, or set run-config missing-files="skip" to leave them out'
+            )
+        log.warning('%s: %s; they were left out (missing-files="skip").', self.dataset, what)
+        return mask
 
 
 def scan(root: Path, *groups: tuple[str, ...]) -> tuple[dict[str, Path], ...]:
@@ -224,15 +276,3 @@ def video_table(
         texts=texts,
         audio_files=audio,
     )
-
-
-def report_missing(dataset: str, split: str, missing: int, total: int) -> None:
-    """Log (not fail) index entries whose clip is absent, as public copies often lack some."""
-    if missing:
-        log.warning(
-            "%s: %d of %d %s clips listed in the index are missing and were skipped.",
-            dataset,
-            missing,
-            total,
-            split,
-        )

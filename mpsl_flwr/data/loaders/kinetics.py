@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.loaders.common import (
     AUDIO_SUFFIXES,
     VIDEO_SUFFIXES,
     DatasetSpec,
     Files,
+    Listed,
     Parsed,
     class_override,
-    report_missing,
     scan,
     video_table,
 )
@@ -89,8 +90,8 @@ def _clip_name(files: Files, csv_path: Path, line: int, row: dict[str, str]) -> 
     return f"{row['youtube_id']}_{start:06d}_{end:06d}"
 
 
-def parse(root: Path) -> Parsed:
-    files = Files(NAME, LAYOUT, root)
+def parse(root: Path, missing_files: MissingFiles) -> Parsed:
+    files = Files(NAME, LAYOUT, root, missing_files)
     class_names = class_override(files) or KINETICS_SOUNDS
     index = {c: i for i, c in enumerate(class_names)}
     tables = {}
@@ -98,17 +99,13 @@ def parse(root: Path) -> Parsed:
         csv_path = files.first_existing(*csv_names)
         videos_dir = files.dir(folder)
         numbered = [(n, r) for n, r in files.csv_rows(csv_path, COLUMNS) if r["label"] in index]
-        rows = [r for _, r in numbered]
         names = [_clip_name(files, csv_path, n, r) for n, r in numbered]
         clips, audio = scan(videos_dir, VIDEO_SUFFIXES, AUDIO_SUFFIXES)
-        present = [(n, r) for n, r in zip(names, rows, strict=True) if n in clips]
-        report_missing(NAME, split, len(rows) - len(present), len(rows))
-        if not present:
-            raise files.missing(
-                f"none of the {len(rows)} {split} clips of its classes is under {videos_dir}"
-            )
+        listed = [Listed.at(c, csv_path, n) for c, (n, _) in zip(names, numbered, strict=True)]
+        found = files.keep_listed(split, "clips", listed, [c in clips for c in names])
+        present = [(c, r) for c, (_, r), ok in zip(names, numbered, found, strict=True) if ok]
         labels = np.array([index[r["label"]] for _, r in present], dtype=np.int64)
-        videos = [clips[n] for n, _ in present]
+        videos = [clips[c] for c, _ in present]
         tables[split] = video_table(videos, labels, audio)
     return Parsed(tuple(class_names), tables["train"], tables["test"])
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.lazy import SampleTable
-from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Parsed
+from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Listed, Parsed
 
 NAME = "b-t4sa"
 LAYOUT = """
@@ -31,18 +32,19 @@ SPLIT_FILES = {"train": "b-t4sa_train.txt", "test": "b-t4sa_test.txt"}
 _URL = re.compile(r"https?://\S+")
 
 
-def _read_split(files: Files, split: str) -> tuple[list[Path], list[str], np.ndarray]:
+def _read_split(files: Files, split: str) -> tuple[list[Path], list[str], np.ndarray, list[Listed]]:
     path = files.file(SPLIT_FILES[split])
-    images, tweet_ids, labels = [], [], []
+    images, tweet_ids, labels, listed = [], [], [], []
     for number, line in files.numbered_lines(path):
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
             raise files.malformed(path, f"{line!r} is not '<image path> <0|1|2>'", number)
         image = path.parent / parts[0]
         images.append(image)
+        listed.append(Listed.at(parts[0], path, number))
         tweet_ids.append(image.stem.split("-")[0])
         labels.append(int(parts[1]))
-    return images, tweet_ids, np.array(labels, dtype=np.int64)
+    return images, tweet_ids, np.array(labels, dtype=np.int64), listed
 
 
 def _tweet_texts(files: Files, wanted: set[str]) -> dict[str, str]:
@@ -59,12 +61,12 @@ def _tweet_texts(files: Files, wanted: set[str]) -> dict[str, str]:
     return texts
 
 
-def parse(root: Path) -> Parsed:
-    files = Files(NAME, LAYOUT, root)
+def parse(root: Path, missing_files: MissingFiles) -> Parsed:
+    files = Files(NAME, LAYOUT, root, missing_files)
     splits = {s: _read_split(files, s) for s in SPLIT_FILES}
-    texts = _tweet_texts(files, {t for _, ids, _ in splits.values() for t in ids})
+    texts = _tweet_texts(files, {t for _, ids, _, _ in splits.values() for t in ids})
     tables = {}
-    for split, (images, ids, labels) in splits.items():
+    for split, (images, ids, labels, listed) in splits.items():
         absent = sorted({t for t in ids if t not in texts})
         if absent:
             raise files.malformed(
@@ -78,7 +80,7 @@ def parse(root: Path) -> Parsed:
             media_kind="image",
             texts=tuple(texts[t] for t in ids),
         )
-        tables[split] = files.check_media(table, split)
+        tables[split] = files.check_media(table, split, "images", listed)
     return Parsed(CLASS_NAMES, tables["train"], tables["test"])
 
 
