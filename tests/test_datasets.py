@@ -565,3 +565,14 @@ def test_missing_retrieval_image_is_left_out_and_pair_ids_renumbered(tmp_path, c
     test = load_split(cfg_for("mscoco", root).data, "test")
     assert test.labels.tolist() == [0] * 5 and len(test.table.media) == 1
     assert "dataset_coco.json image 3" in caplog.text
+
+
+def test_symlinked_class_folders_are_followed_without_looping(tmp_path):
+    root = make_kinetics(tmp_path / "k")
+    elsewhere = tmp_path / "disk2" / "singing"
+    elsewhere.parent.mkdir(parents=True)
+    (root / "train" / "singing").rename(elsewhere)
+    (root / "train" / "singing").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(root / "train", target_is_directory=True)  # a loop
+    train = load_split(cfg_for("kinetics-sounds", root).data, "train")
+    assert KINETICS_SOUNDS.index("singing") in train.labels.tolist()

@@ -225,9 +225,13 @@ def scan(root: Path, *groups: tuple[str, ...]) -> tuple[dict[str, Path], ...]:
 
     One directory walk instead of one ``stat`` per indexed sample; with duplicate stems
     the path that sorts first wins, so the result does not depend on walk order.
+    Symlinked folders are followed (class folders often live on another disk), each
+    real folder once, so a link back up the tree cannot loop.
     """
     found: tuple[dict[str, Path], ...] = tuple({} for _ in groups)
-    for dirpath, _, names in os.walk(root):
+    seen = {os.path.realpath(root)}
+    for dirpath, subdirs, names in os.walk(root, followlinks=True):
+        subdirs[:] = _unvisited(dirpath, subdirs, seen)
         for name in names:
             stem, suffix = os.path.splitext(name)
             if name.startswith("._"):  # macOS resource forks inside archives
@@ -238,6 +242,17 @@ def scan(root: Path, *groups: tuple[str, ...]) -> tuple[dict[str, Path], ...]:
                     if stem not in table or str(path) < str(table[stem]):
                         table[stem] = path
     return found
+
+
+def _unvisited(dirpath: str, subdirs: list[str], seen: set[str]) -> list[str]:
+    """The ``subdirs`` whose real folder is not walked yet, marking them as walked."""
+    keep = []
+    for name in sorted(subdirs):
+        real = os.path.realpath(os.path.join(dirpath, name))
+        if real not in seen:
+            seen.add(real)
+            keep.append(name)
+    return keep
 
 
 def class_override(files: Files) -> tuple[str, ...] | None:
