@@ -576,3 +576,11 @@ def test_symlinked_class_folders_are_followed_without_looping(tmp_path):
     (elsewhere / "back").symlink_to(root / "train", target_is_directory=True)  # a loop
     train = load_split(cfg_for("kinetics-sounds", root).data, "train")
     assert KINETICS_SOUNDS.index("singing") in train.labels.tolist()
+
+
+def test_meld_keeps_u0085_as_an_ellipsis(tmp_path):
+    root = make_meld(tmp_path)
+    rows = [meld_row(1, "Hi.", "joy", 0, 0), meld_row(2, "Well\x85 I  guess\x85", "neutral", 0, 1)]
+    write_csv(root / "train_sent_emo.csv", MELD_HEADER, rows)
+    train = load_split(cfg_for("meld", root).data, "train")
+    assert train.table.texts == ("Hi.", "Well... I guess...")

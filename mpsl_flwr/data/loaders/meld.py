@@ -42,6 +42,15 @@ SPLITS = {
 }
 
 
+def utterance_text(raw: str) -> str:
+    """An utterance with runs of whitespace collapsed to one space.
+
+    The CSVs hold cp1252's ellipsis (byte 0x85) as U+0085, which ``str.split`` counts
+    as whitespace and would delete: it becomes "..." first.
+    """
+    return " ".join(raw.replace("\x85", "...").split())
+
+
 def parse(root: Path, missing_files: MissingFiles) -> Parsed:
     files = Files(NAME, LAYOUT, root, missing_files)
     tables = {}
@@ -65,7 +74,7 @@ def parse(root: Path, missing_files: MissingFiles) -> Parsed:
             [clips[n] for n, _ in present],
             labels,
             audio,
-            texts=tuple(" ".join(r["Utterance"].split()) for _, r in present),
+            texts=tuple(utterance_text(r["Utterance"]) for _, r in present),
         )
     return Parsed(EMOTIONS, tables["train"], tables["test"])
 
