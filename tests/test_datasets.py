@@ -184,8 +184,11 @@ def make_ucf101(root: Path) -> Path:
     return root
 
 
+KINETICS_HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
+
+
 def make_kinetics(root: Path) -> Path:
-    header = ["label", "youtube_id", "time_start", "time_end", "split"]
+    header = KINETICS_HEADER
     write_csv(
         root / "annotations" / "train.csv",
         header,
@@ -584,3 +587,32 @@ def test_meld_keeps_u0085_as_an_ellipsis(tmp_path):
     write_csv(root / "train_sent_emo.csv", MELD_HEADER, rows)
     train = load_split(cfg_for("meld", root).data, "train")
     assert train.table.texts == ("Hi.", "Well... I guess...")
+
+
+def test_class_cut_to_a_few_samples_is_warned_about(tmp_path, caplog):
+    root = make_cocoqa(tmp_path)
+    answers = ["cat"] * 40 + ["two"] * 40 + ["c"]  # "cat" cut to one letter
+    for name, values in {
+        "questions": ["what is it ?"] * len(answers),
+        "answers": answers,
+        "img_ids": [9] * len(answers),
+        "types": [0] * len(answers),
+    }.items():
+        write_lines(root / "train" / f"{name}.txt", values)
+    dataset_info(cfg_for("coco-qa", root).data)
+    assert "'c' (1 train samples)" in caplog.text
+
+
+def test_kinetics_row_cut_inside_its_label_is_warned_about(tmp_path, caplog):
+    root = make_kinetics(tmp_path)
+    rows = [["playing drums", "abc", 10, 20, "train"], ["playing dr", "abd", 0, 10, "train"]]
+    write_csv(root / "annotations" / "train.csv", KINETICS_HEADER, rows)
+    dataset_info(cfg_for("kinetics-sounds", root).data)
+    assert "train.csv line 3" in caplog.text and "'playing dr'" in caplog.text
+
+
+def test_t4sa_tweet_cut_inside_its_quotes_is_warned_about(tmp_path, caplog):
+    root = make_t4sa(tmp_path)
+    append_raw(root / "raw_tweets_text.csv", '444,"sad ne')
+    dataset_info(cfg_for("b-t4sa", root).data)
+    assert "raw_tweets_text.csv line 7" in caplog.text and "quote" in caplog.text

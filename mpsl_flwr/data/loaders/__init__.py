@@ -16,7 +16,7 @@ from mpsl_flwr.data.errors import DatasetNotFoundError, layout_hint
 from mpsl_flwr.data.images import normalization
 from mpsl_flwr.data.lazy import FileDataset
 from mpsl_flwr.data.loaders import cocoqa, karpathy, kinetics, meld, t4sa, ucf101
-from mpsl_flwr.data.loaders.common import DatasetSpec, Parsed
+from mpsl_flwr.data.loaders.common import DatasetSpec, Parsed, warn_rare_classes
 
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -53,7 +53,10 @@ def data_root(cfg: DataConfig) -> Path:
 @lru_cache(maxsize=4)
 def open_dataset(name: str, root: Path, missing_files: MissingFiles) -> Parsed:
     """Check the layout under ``root`` and parse the index of both splits (cached)."""
-    return SPECS[name].parse(root, missing_files)
+    parsed = SPECS[name].parse(root, missing_files)
+    if parsed.class_names:
+        warn_rare_classes(name, parsed.train.labels, parsed.class_names)
+    return parsed
 
 
 def info(cfg: DataConfig) -> DatasetInfo:

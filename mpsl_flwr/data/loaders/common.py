@@ -37,7 +37,8 @@ log = logging.getLogger("mpsl_flwr")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 CLASSES_FILE = "classes.txt"
-MISSING_SHOWN = 3  # missing files named in a message; the count covers the rest
+SHOWN = 3  # entries named in a message; the count covers the rest
+RARE_FRACTION = 0.05  # a class this far under the median class size is suspect
 
 
 class ProxyLabels(Protocol):
@@ -201,8 +202,8 @@ class Files:
             raise self.missing(f"the {split} split has no samples")
         if not len(absent):
             return mask
-        shown = ", ".join(f"{listed[i].name} ({listed[i].where})" for i in absent[:MISSING_SHOWN])
-        more = ", ..." if len(absent) > MISSING_SHOWN else ""
+        shown = ", ".join(f"{listed[i].name} ({listed[i].where})" for i in absent[:SHOWN])
+        more = ", ..." if len(absent) > SHOWN else ""
         if len(absent) == len(listed):
             raise self.missing(
                 f"none of the {len(listed)} {split} {noun} listed in the index exists under "
@@ -270,6 +271,40 @@ def label_ids(names: Iterable[str], class_names: tuple[str, ...]) -> np.ndarray:
     """Class index of each name (names must all be in ``class_names``)."""
     index = {c: i for i, c in enumerate(class_names)}
     return np.fromiter((index[n] for n in names), dtype=np.int64)
+
+
+def warn_rows(dataset: str, problem: str, rows: Sequence[Listed]) -> None:
+    """One warning for index rows that parse but look damaged, naming the first few."""
+    if rows:
+        shown = ", ".join(f"{r.name} ({r.where})" for r in rows[:SHOWN])
+        more = ", ..." if len(rows) > SHOWN else ""
+        log.warning("%s: %d row(s) %s: %s%s.", dataset, len(rows), problem, shown, more)
+
+
+def warn_rare_classes(dataset: str, labels: np.ndarray, class_names: tuple[str, ...]) -> None:
+    """Warn about training classes with very few samples next to the rest.
+
+    A cut-off index entry (a COCO-QA answer cut to one letter) becomes a class of its own
+    and shifts every label after it; such a class is tiny, so it shows up here.
+    """
+    counts = np.bincount(labels, minlength=len(class_names))
+    if not counts.any():
+        return
+    median = float(np.median(counts[counts > 0]))
+    rare = [i for i in np.flatnonzero(counts) if counts[i] < RARE_FRACTION * median]
+    if rare:
+        shown = ", ".join(f"{class_names[i]!r} ({counts[i]} train samples)" for i in rare[:SHOWN])
+        more = ", ..." if len(rare) > SHOWN else ""
+        log.warning(
+            "%s: %d class(es) have under %d%% of the median class size (%g): %s%s. A cut-off "
+            "index entry makes such a class; check the entries with that label.",
+            dataset,
+            len(rare),
+            round(100 * RARE_FRACTION),
+            median,
+            shown,
+            more,
+        )
 
 
 def video_table(

@@ -13,6 +13,7 @@ folder, so both flat and per-class folder trees work; listed clips that are miss
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from mpsl_flwr.data.loaders.common import (
     class_override,
     scan,
     video_table,
+    warn_rows,
 )
 
 NAME = "kinetics-sounds"
@@ -90,6 +92,20 @@ def _clip_name(files: Files, csv_path: Path, line: int, row: dict[str, str]) -> 
     return f"{row['youtube_id']}_{start:06d}_{end:06d}"
 
 
+def _warn_cut_labels(
+    csv_path: Path, rows: list[tuple[int, dict[str, str]]], class_names: Sequence[str]
+) -> None:
+    """Warn about rows whose label is a class name cut short: they would be dropped as
+    "not a Kinetics-Sounds class" with no word otherwise."""
+    prefixes = {c[:k] for c in class_names for k in range(1, len(c))}
+    cut = [
+        Listed.at(repr(r["label"]), csv_path, n)
+        for n, r in rows
+        if r["label"] in prefixes and r["label"] not in class_names
+    ]
+    warn_rows(NAME, "have a label cut short of a class name and were skipped", cut)
+
+
 def parse(root: Path, missing_files: MissingFiles) -> Parsed:
     files = Files(NAME, LAYOUT, root, missing_files)
     class_names = class_override(files) or KINETICS_SOUNDS
@@ -98,7 +114,9 @@ def parse(root: Path, missing_files: MissingFiles) -> Parsed:
     for split, (csv_names, folder) in SPLITS.items():
         csv_path = files.first_existing(*csv_names)
         videos_dir = files.dir(folder)
-        numbered = [(n, r) for n, r in files.csv_rows(csv_path, COLUMNS) if r["label"] in index]
+        all_rows = files.csv_rows(csv_path, COLUMNS)
+        _warn_cut_labels(csv_path, all_rows, class_names)
+        numbered = [(n, r) for n, r in all_rows if r["label"] in index]
         names = [_clip_name(files, csv_path, n, r) for n, r in numbered]
         clips, audio = scan(videos_dir, VIDEO_SUFFIXES, AUDIO_SUFFIXES)
         listed = [Listed.at(c, csv_path, n) for c, (n, _) in zip(names, numbered, strict=True)]

@@ -17,7 +17,7 @@ import numpy as np
 
 from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.lazy import SampleTable
-from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Listed, Parsed
+from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Listed, Parsed, warn_rows
 
 NAME = "b-t4sa"
 LAYOUT = """
@@ -55,10 +55,25 @@ def _tweet_texts(files: Files, wanted: set[str]) -> dict[str, str]:
         header = next(reader, [])
         if [h.strip().lower() for h in header[:2]] != ["id", "text"]:
             raise files.malformed(path, f"the header must start with 'id,text'; got {header}")
+        start, last = reader.line_num + 1, Listed("", "")
         for row in reader:
+            last = Listed.at(f"tweet {row[0] if row else '?'}", path, start)
+            start = reader.line_num + 1
             if len(row) >= 2 and row[0] in wanted:
                 texts[row[0]] = " ".join(_URL.sub(" ", row[1]).split())
+    if _odd_quotes(path):
+        warn_rows(NAME, "open a quote that is never closed (the file looks cut off)", [last])
     return texts
+
+
+def _odd_quotes(path: Path) -> bool:
+    """Whether ``path`` has an odd number of '"': the last quoted field runs to the end of
+    the file, which the (lenient) csv reader accepts silently. Escaped quotes come in pairs."""
+    count = 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            count += chunk.count(b'"')
+    return count % 2 == 1
 
 
 def parse(root: Path, missing_files: MissingFiles) -> Parsed:
