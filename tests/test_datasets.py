@@ -616,3 +616,10 @@ def test_t4sa_tweet_cut_inside_its_quotes_is_warned_about(tmp_path, caplog):
     append_raw(root / "raw_tweets_text.csv", '444,"sad ne')
     dataset_info(cfg_for("b-t4sa", root).data)
     assert "raw_tweets_text.csv line 7" in caplog.text and "quote" in caplog.text
+
+
+def test_classes_without_samples_are_warned_about(tmp_path, caplog):
+    root = make_kinetics(tmp_path)  # 2 of the 31 classes have train clips, 1 has test clips
+    dataset_info(cfg_for("kinetics-sounds", root).data)
+    assert "29 class(es) have no train samples: 'blowing nose'" in caplog.text
+    assert "30 class(es) have no test samples" in caplog.text

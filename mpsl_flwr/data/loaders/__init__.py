@@ -16,7 +16,12 @@ from mpsl_flwr.data.errors import DatasetNotFoundError, layout_hint
 from mpsl_flwr.data.images import normalization
 from mpsl_flwr.data.lazy import FileDataset
 from mpsl_flwr.data.loaders import cocoqa, karpathy, kinetics, meld, t4sa, ucf101
-from mpsl_flwr.data.loaders.common import DatasetSpec, Parsed, warn_rare_classes
+from mpsl_flwr.data.loaders.common import (
+    DatasetSpec,
+    Parsed,
+    warn_empty_classes,
+    warn_rare_classes,
+)
 
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -55,6 +60,8 @@ def open_dataset(name: str, root: Path, missing_files: MissingFiles) -> Parsed:
     """Check the layout under ``root`` and parse the index of both splits (cached)."""
     parsed = SPECS[name].parse(root, missing_files)
     if parsed.class_names:
+        warn_empty_classes(name, "train", parsed.train.labels, parsed.class_names)
+        warn_empty_classes(name, "test", parsed.test.labels, parsed.class_names)
         warn_rare_classes(name, parsed.train.labels, parsed.class_names)
     return parsed
 

@@ -86,6 +86,9 @@ class Listed:
     def at(cls, name: str | Path, index: Path, line: int) -> Listed:
         return cls(str(name), f"{index.name} line {line}")
 
+    def __str__(self) -> str:
+        return f"{self.name} ({self.where})"
+
 
 class Files:
     """Path helpers bound to one dataset, so every error names it and shows its layout.
@@ -202,16 +205,15 @@ class Files:
             raise self.missing(f"the {split} split has no samples")
         if not len(absent):
             return mask
-        shown = ", ".join(f"{listed[i].name} ({listed[i].where})" for i in absent[:SHOWN])
-        more = ", ..." if len(absent) > SHOWN else ""
+        shown = first_few([str(listed[i]) for i in absent.tolist()])
         if len(absent) == len(listed):
             raise self.missing(
                 f"none of the {len(listed)} {split} {noun} listed in the index exists under "
-                f"{self.root} (e.g. {shown}); check 'data-dir'"
+                f"{self.root} ({shown}); check 'data-dir'"
             )
         what = (
             f"{len(absent)} of {len(listed)} {split} {noun} listed in the index are missing: "
-            f"{shown}{more}"
+            f"{shown}"
         )
         if self.missing_files == "fail":
             raise self.missing(
@@ -276,9 +278,8 @@ def label_ids(names: Iterable[str], class_names: tuple[str, ...]) -> np.ndarray:
 def warn_rows(dataset: str, problem: str, rows: Sequence[Listed]) -> None:
     """One warning for index rows that parse but look damaged, naming the first few."""
     if rows:
-        shown = ", ".join(f"{r.name} ({r.where})" for r in rows[:SHOWN])
-        more = ", ..." if len(rows) > SHOWN else ""
-        log.warning("%s: %d row(s) %s: %s%s.", dataset, len(rows), problem, shown, more)
+        shown = first_few([str(r) for r in rows])
+        log.warning("%s: %d row(s) %s: %s.", dataset, len(rows), problem, shown)
 
 
 def warn_rare_classes(dataset: str, labels: np.ndarray, class_names: tuple[str, ...]) -> None:
@@ -293,18 +294,37 @@ def warn_rare_classes(dataset: str, labels: np.ndarray, class_names: tuple[str, 
     median = float(np.median(counts[counts > 0]))
     rare = [i for i in np.flatnonzero(counts) if counts[i] < RARE_FRACTION * median]
     if rare:
-        shown = ", ".join(f"{class_names[i]!r} ({counts[i]} train samples)" for i in rare[:SHOWN])
-        more = ", ..." if len(rare) > SHOWN else ""
         log.warning(
-            "%s: %d class(es) have under %d%% of the median class size (%g): %s%s. A cut-off "
+            "%s: %d class(es) have under %d%% of the median class size (%g): %s. A cut-off "
             "index entry makes such a class; check the entries with that label.",
             dataset,
             len(rare),
             round(100 * RARE_FRACTION),
             median,
-            shown,
-            more,
+            first_few([f"{class_names[i]!r} ({counts[i]} train samples)" for i in rare]),
         )
+
+
+def warn_empty_classes(
+    dataset: str, split: str, labels: np.ndarray, class_names: tuple[str, ...]
+) -> None:
+    """Warn about classes that ``split`` has no sample of: the model still has an output
+    for each, and a wrong ``classes.txt`` or a partial copy shows up this way."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [repr(class_names[i]) for i in np.flatnonzero(counts == 0)]
+    if empty:
+        log.warning(
+            "%s: %d class(es) have no %s samples: %s. Their label ids stay reserved.",
+            dataset,
+            len(empty),
+            split,
+            first_few(empty),
+        )
+
+
+def first_few(items: Sequence[str]) -> str:
+    """The first :data:`SHOWN` of ``items``, comma-separated, "..." when there are more."""
+    return ", ".join(items[:SHOWN]) + (", ..." if len(items) > SHOWN else "")
 
 
 def video_table(
