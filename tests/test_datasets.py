@@ -623,3 +623,10 @@ def test_classes_without_samples_are_warned_about(tmp_path, caplog):
     dataset_info(cfg_for("kinetics-sounds", root).data)
     assert "29 class(es) have no train samples: 'blowing nose'" in caplog.text
     assert "30 class(es) have no test samples" in caplog.text
+
+
+def test_a_row_is_named_by_the_line_it_starts_on(tmp_path):
+    root = make_meld(tmp_path)
+    append_raw(root / "test_sent_emo.csv", '2,"Two\nlines"')  # cut, and spans lines 3-4
+    with pytest.raises(DatasetFormatError, match=r"test_sent_emo\.csv, line 3: "):
+        dataset_info(cfg_for("meld", root).data)

@@ -13,7 +13,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,9 +97,7 @@ class Files:
     that ``data-dir`` lacks.
     """
 
-    def __init__(
-        self, dataset: str, layout: str, root: Path, missing_files: MissingFiles = "fail"
-    ) -> None:
+    def __init__(self, dataset: str, layout: str, root: Path, missing_files: MissingFiles) -> None:
         self.dataset, self.layout, self.root = dataset, layout, root
         self.missing_files = missing_files
 
@@ -152,15 +150,13 @@ class Files:
                 raise self.malformed(
                     path, f"its header lacks column(s) {missing}; found {header[:12]}"
                 )
-            rows = []
             try:
-                for row in reader:
-                    rows.append(
-                        (reader.line_num, self._complete(path, reader.line_num, row, columns))
-                    )
+                return [
+                    (line, self._complete(path, line, row, columns))
+                    for line, row in numbered_rows(reader)
+                ]
             except csv.Error as err:
                 raise self.malformed(path, f"CSV parse error: {err}", reader.line_num) from err
-            return rows
 
     def _complete(
         self, path: Path, line: int, row: dict[str, str], columns: tuple[str, ...]
@@ -221,6 +217,15 @@ class Files:
             )
         log.warning('%s: %s; they were left out (missing-files="skip").', self.dataset, what)
         return mask
+
+
+def numbered_rows(reader: Any) -> Iterator[tuple[int, Any]]:
+    """(line the row starts on, row) of a ``csv.reader`` or ``csv.DictReader``; a quoted
+    field may span lines, so the reader's own ``line_num`` is where the row ends."""
+    start = reader.line_num + 1
+    for row in reader:
+        yield start, row
+        start = reader.line_num + 1
 
 
 def scan(root: Path, *groups: tuple[str, ...]) -> tuple[dict[str, Path], ...]:

@@ -17,7 +17,14 @@ import numpy as np
 
 from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.lazy import SampleTable
-from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Listed, Parsed, warn_rows
+from mpsl_flwr.data.loaders.common import (
+    DatasetSpec,
+    Files,
+    Listed,
+    Parsed,
+    numbered_rows,
+    warn_rows,
+)
 
 NAME = "b-t4sa"
 LAYOUT = """
@@ -55,10 +62,9 @@ def _tweet_texts(files: Files, wanted: set[str]) -> dict[str, str]:
         header = next(reader, [])
         if [h.strip().lower() for h in header[:2]] != ["id", "text"]:
             raise files.malformed(path, f"the header must start with 'id,text'; got {header}")
-        start, last = reader.line_num + 1, Listed("", "")
-        for row in reader:
-            last = Listed.at(f"tweet {row[0] if row else '?'}", path, start)
-            start = reader.line_num + 1
+        last = Listed("", "")
+        for line, row in numbered_rows(reader):
+            last = Listed.at(f"tweet {row[0] if row else '?'}", path, line)
             if len(row) >= 2 and row[0] in wanted:
                 texts[row[0]] = " ".join(_URL.sub(" ", row[1]).split())
     if _odd_quotes(path):
