@@ -40,6 +40,7 @@ ActivationDtype = Literal["float32", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
 ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
+MissingFiles = Literal["fail", "skip"]
 RetrievalPartition = Literal["iid", "dirichlet-cluster"]
 AdapterSharing = Literal["per-modality", "shared"]
 LabelPrivacy = Literal["none", "client-tail", "label-dp", "client-tail+label-dp"]
@@ -74,6 +75,7 @@ class DataConfig:
     audio_frames: int
     text_length: int
     image_norm: ImageNorm
+    missing_files: MissingFiles
     dirichlet_alpha: float
     min_partition_size: int
     retrieval_partition: RetrievalPartition
@@ -184,6 +186,7 @@ class RunConfig:
     audio_frames: int = 0
     text_length: int = 0
     image_norm: ImageNorm = "auto"
+    missing_files: MissingFiles = "skip"
     # Model
     model_size: ModelSize = "tiny"
     encoder_depth: int = 0

@@ -184,8 +184,11 @@ def make_ucf101(root: Path) -> Path:
     return root
 
 
+KINETICS_HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
+
+
 def make_kinetics(root: Path) -> Path:
-    header = ["label", "youtube_id", "time_start", "time_end", "split"]
+    header = KINETICS_HEADER
     write_csv(
         root / "annotations" / "train.csv",
         header,
@@ -500,3 +503,130 @@ def test_partition_plot_writes_png_of_the_client_partitions(tmp_path):
 
 def test_pyproject_config_matches_defaults():
     assert load_pyproject_config() == RunConfig().to_mapping()
+
+
+# ---------------------------------------------------------------- dataset files (issue 15)
+
+
+def append_raw(path: Path, text: str) -> None:
+    """Append ``text`` as is (a cut-off row has no closing newline)."""
+    with path.open("a", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+
+
+def test_truncated_kinetics_row_names_file_and_line(tmp_path):
+    root = make_kinetics(tmp_path)
+    append_raw(root / "annotations" / "validate.csv", "singing,v2,0")  # cut after time_start
+    with pytest.raises(DatasetFormatError, match=r"validate\.csv, line 3: .*time_end"):
+        dataset_info(cfg_for("kinetics-sounds", root).data)
+
+
+def test_truncated_meld_row_names_file_and_line(tmp_path):
+    root = make_meld(tmp_path)
+    append_raw(root / "test_sent_emo.csv", "2,Cut off here")
+    with pytest.raises(DatasetFormatError, match=r"test_sent_emo\.csv, line 3: .*Emotion"):
+        dataset_info(cfg_for("meld", root).data)
+
+
+def test_truncated_ucf101_list_line_is_reported_at_open(tmp_path, caplog):
+    root = make_ucf101(tmp_path)
+    lists = root / "ucfTrainTestlist"
+    write_lines(
+        lists / "testlist01.txt",
+        [
+            "Archery/v_Archery_g03_c0",
+            *lists.joinpath("testlist01.txt").read_text().splitlines()[1:],
+        ],
+    )
+    cfg = cfg_for("ucf101", root)
+    assert cfg.missing_files == "skip"  # the default: public copies lack some clips
+    test = load_split(cfg.data, "test")
+    assert test.labels.tolist() == [1]  # the cut line's video is left out at open
+    assert "1 of 2 test videos" in caplog.text
+    assert "testlist01.txt line 1" in caplog.text and "v_Archery_g03_c0" in caplog.text
+    with pytest.raises(DatasetNotFoundError, match=r"testlist01\.txt line 1.*missing-files"):
+        dataset_info(cfg_for("ucf101", root, missing_files="fail").data)
+
+
+def test_missing_files_fail_applies_to_clips_found_by_name(tmp_path):
+    root = make_kinetics(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"1 of 4 train clips.*train\.csv line 6"):
+        dataset_info(cfg_for("kinetics-sounds", root, missing_files="fail").data)
+
+
+def test_missing_files_key_takes_fail_or_skip():
+    from mpsl_flwr.config import ConfigError
+
+    assert RunConfig.from_mapping({"missing-files": "fail"}).data.missing_files == "fail"
+    with pytest.raises(ConfigError, match="missing-files"):
+        RunConfig.from_mapping({"missing-files": "ignore"})
+
+
+def test_missing_retrieval_image_is_left_out_and_pair_ids_renumbered(tmp_path, caplog):
+    root = make_karpathy(tmp_path)  # test images 3 and 4
+    (root / "val2014" / "COCO_val2014_000000000003.jpg").unlink()
+    test = load_split(cfg_for("mscoco", root).data, "test")
+    assert test.labels.tolist() == [0] * 5 and len(test.table.media) == 1
+    assert "dataset_coco.json image 3" in caplog.text
+
+
+def test_symlinked_class_folders_are_followed_without_looping(tmp_path):
+    root = make_kinetics(tmp_path / "k")
+    elsewhere = tmp_path / "disk2" / "singing"
+    elsewhere.parent.mkdir(parents=True)
+    (root / "train" / "singing").rename(elsewhere)
+    (root / "train" / "singing").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "back").symlink_to(root / "train", target_is_directory=True)  # a loop
+    train = load_split(cfg_for("kinetics-sounds", root).data, "train")
+    assert KINETICS_SOUNDS.index("singing") in train.labels.tolist()
+
+
+def test_meld_keeps_u0085_as_an_ellipsis(tmp_path):
+    root = make_meld(tmp_path)
+    rows = [meld_row(1, "Hi.", "joy", 0, 0), meld_row(2, "Well\x85 I  guess\x85", "neutral", 0, 1)]
+    write_csv(root / "train_sent_emo.csv", MELD_HEADER, rows)
+    train = load_split(cfg_for("meld", root).data, "train")
+    assert train.table.texts == ("Hi.", "Well... I guess...")
+
+
+def test_class_cut_to_a_few_samples_is_warned_about(tmp_path, caplog):
+    root = make_cocoqa(tmp_path)
+    answers = ["cat"] * 40 + ["two"] * 40 + ["c"]  # "cat" cut to one letter
+    for name, values in {
+        "questions": ["what is it ?"] * len(answers),
+        "answers": answers,
+        "img_ids": [9] * len(answers),
+        "types": [0] * len(answers),
+    }.items():
+        write_lines(root / "train" / f"{name}.txt", values)
+    dataset_info(cfg_for("coco-qa", root).data)
+    assert "'c' (1 train samples)" in caplog.text
+
+
+def test_kinetics_row_cut_inside_its_label_is_warned_about(tmp_path, caplog):
+    root = make_kinetics(tmp_path)
+    rows = [["playing drums", "abc", 10, 20, "train"], ["playing dr", "abd", 0, 10, "train"]]
+    write_csv(root / "annotations" / "train.csv", KINETICS_HEADER, rows)
+    dataset_info(cfg_for("kinetics-sounds", root).data)
+    assert "train.csv line 3" in caplog.text and "'playing dr'" in caplog.text
+
+
+def test_t4sa_tweet_cut_inside_its_quotes_is_warned_about(tmp_path, caplog):
+    root = make_t4sa(tmp_path)
+    append_raw(root / "raw_tweets_text.csv", '444,"sad ne')
+    dataset_info(cfg_for("b-t4sa", root).data)
+    assert "raw_tweets_text.csv line 7" in caplog.text and "quote" in caplog.text
+
+
+def test_classes_without_samples_are_warned_about(tmp_path, caplog):
+    root = make_kinetics(tmp_path)  # 2 of the 31 classes have train clips, 1 has test clips
+    dataset_info(cfg_for("kinetics-sounds", root).data)
+    assert "29 class(es) have no train samples: 'blowing nose'" in caplog.text
+    assert "30 class(es) have no test samples" in caplog.text
+
+
+def test_a_row_is_named_by_the_line_it_starts_on(tmp_path):
+    root = make_meld(tmp_path)
+    append_raw(root / "test_sent_emo.csv", '2,"Two\nlines"')  # cut, and spans lines 3-4
+    with pytest.raises(DatasetFormatError, match=r"test_sent_emo\.csv, line 3: "):
+        dataset_info(cfg_for("meld", root).data)

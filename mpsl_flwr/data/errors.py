@@ -50,8 +50,12 @@ def require_file(path: Path, dataset: str, layout: str, what: str = "file") -> P
     return path
 
 
-def malformed(path: Path, dataset: str, layout: str, problem: str) -> DatasetFormatError:
-    """A :class:`DatasetFormatError` naming the file and what is wrong with it."""
-    return DatasetFormatError(
-        f"{dataset}: {path} is malformed: {problem}\n{layout_hint(dataset, layout)}"
-    )
+def malformed(
+    path: Path, dataset: str, layout: str, problem: str, line: int | None = None
+) -> DatasetFormatError:
+    """A :class:`DatasetFormatError` naming the file (and 1-based line) and what is wrong.
+
+    Every parser reports bad rows through this, so all say "<file>, line <n>: ..." alike.
+    """
+    where = f"{path}, line {line}" if line is not None else f"{path} is malformed"
+    return DatasetFormatError(f"{dataset}: {where}: {problem}\n{layout_hint(dataset, layout)}")

@@ -60,6 +60,23 @@ class SampleTable:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, keep: np.ndarray) -> SampleTable:
+        """The samples where the boolean mask ``keep`` is true; media files that no kept
+        sample uses are dropped and ``media_of`` renumbered (labels are unchanged)."""
+        if keep.all():
+            return self
+        kept = np.flatnonzero(keep)
+        used, media_of = np.unique(self.media_of[kept], return_inverse=True)
+        audio = self.audio_files
+        return SampleTable(
+            labels=self.labels[kept],
+            media=tuple(self.media[i] for i in used),
+            media_of=media_of.astype(np.int64),
+            media_kind=self.media_kind,
+            texts=None if self.texts is None else tuple(self.texts[i] for i in kept),
+            audio_files=None if audio is None else tuple(audio[i] for i in used),
+        )
+
 
 class DecodedMedia(TypedDict, total=False):
     """One decoded media file: the fitted uint8 ``[H, W, 3]`` image and/or the float16

@@ -142,6 +142,7 @@ def _content_fields(data: DataConfig) -> DataConfig:
         "audio_frames",
         "text_length",
         "image_norm",
+        "missing_files",
         "retrieval_clusters",
     )
     return RunConfig().replace(**{k: getattr(data, k) for k in keep}).data

@@ -10,13 +10,18 @@ from __future__ import annotations
 from functools import lru_cache, partial
 from pathlib import Path
 
-from mpsl_flwr.config import DataConfig
+from mpsl_flwr.config import DataConfig, MissingFiles
 from mpsl_flwr.data.base import DatasetInfo
 from mpsl_flwr.data.errors import DatasetNotFoundError, layout_hint
 from mpsl_flwr.data.images import normalization
 from mpsl_flwr.data.lazy import FileDataset
 from mpsl_flwr.data.loaders import cocoqa, karpathy, kinetics, meld, t4sa, ucf101
-from mpsl_flwr.data.loaders.common import DatasetSpec, Parsed
+from mpsl_flwr.data.loaders.common import (
+    DatasetSpec,
+    Parsed,
+    warn_empty_classes,
+    warn_rare_classes,
+)
 
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -51,15 +56,20 @@ def data_root(cfg: DataConfig) -> Path:
 
 
 @lru_cache(maxsize=4)
-def open_dataset(name: str, root: Path) -> Parsed:
+def open_dataset(name: str, root: Path, missing_files: MissingFiles) -> Parsed:
     """Check the layout under ``root`` and parse the index of both splits (cached)."""
-    return SPECS[name].parse(root)
+    parsed = SPECS[name].parse(root, missing_files)
+    if parsed.class_names:
+        warn_empty_classes(name, "train", parsed.train.labels, parsed.class_names)
+        warn_empty_classes(name, "test", parsed.test.labels, parsed.class_names)
+        warn_rare_classes(name, parsed.train.labels, parsed.class_names)
+    return parsed
 
 
 def info(cfg: DataConfig) -> DatasetInfo:
     """:class:`DatasetInfo` of a real dataset: sizes from ``cfg`` or the dataset's defaults."""
     spec = SPECS[cfg.dataset]
-    parsed = open_dataset(spec.name, data_root(cfg))
+    parsed = open_dataset(spec.name, data_root(cfg), cfg.missing_files)
     mean, std = normalization(cfg.image_norm, DEFAULT_IMAGE_NORM)
     mods = spec.modalities
     return DatasetInfo(
@@ -79,7 +89,7 @@ def info(cfg: DataConfig) -> DatasetInfo:
 def load(cfg: DataConfig, split: str) -> FileDataset:
     """The lazily decoded ``"train"`` or ``"test"`` split of a real dataset."""
     spec = SPECS[cfg.dataset]
-    parsed = open_dataset(spec.name, data_root(cfg))
+    parsed = open_dataset(spec.name, data_root(cfg), cfg.missing_files)
     table = parsed.train if split == "train" else parsed.test
     proxy = None
     if spec.proxy_labels is not None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.lazy import SampleTable
-from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Parsed, label_ids
+from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Listed, Parsed, label_ids
 
 NAME = "coco-qa"
 LAYOUT = """
@@ -37,15 +38,19 @@ def _read_split(files: Files, split: str) -> dict[str, list[str]]:
     for i, value in enumerate(columns["img_ids"]):
         if not value.isdigit():
             path = files.root / split / "img_ids.txt"
-            raise files.malformed(path, f"line {i + 1} is {value!r}, not a COCO image id")
+            raise files.malformed(path, f"{value!r} is not a COCO image id", i + 1)
     return columns
 
 
 def _table(files: Files, split: str, columns, class_names) -> SampleTable:
     folder = IMAGE_FOLDER[split]
     image_dir = files.dir(folder)
-    ids, media_of = np.unique(np.array(columns["img_ids"], dtype=np.int64), return_inverse=True)
+    ids, first, media_of = np.unique(
+        np.array(columns["img_ids"], dtype=np.int64), return_index=True, return_inverse=True
+    )
     media = tuple(image_dir / f"COCO_{folder}_{i:012d}.jpg" for i in ids)
+    img_ids = files.root / split / "img_ids.txt"
+    listed = [Listed.at(m.name, img_ids, int(k) + 1) for m, k in zip(media, first, strict=True)]
     table = SampleTable(
         labels=label_ids(columns["answers"], class_names),
         media=media,
@@ -53,11 +58,11 @@ def _table(files: Files, split: str, columns, class_names) -> SampleTable:
         media_kind="image",
         texts=tuple(columns["questions"]),
     )
-    return files.check_media(table, split)
+    return files.check_media(table, split, "images", listed)
 
 
-def parse(root: Path) -> Parsed:
-    files = Files(NAME, LAYOUT, root)
+def parse(root: Path, missing_files: MissingFiles) -> Parsed:
+    files = Files(NAME, LAYOUT, root, missing_files)
     splits = {s: _read_split(files, s) for s in ("train", "test")}
     class_names = tuple(sorted({a for c in splits.values() for a in c["answers"]}))
     return Parsed(

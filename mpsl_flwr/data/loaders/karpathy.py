@@ -14,12 +14,14 @@ caption words (TF-IDF, random projection to 64 dimensions), so that
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.lazy import SampleTable
-from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Parsed
+from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Listed, Parsed
 
 CAPTIONS_PER_IMAGE = 5
 SPLITS = {"train": ("train", "restval"), "test": ("test",)}
@@ -44,8 +46,10 @@ def _captions(entry: dict) -> list[str]:
     return out
 
 
-def _parse(root: Path, name: str, layout: str, json_name: str, image_dir) -> Parsed:
-    files = Files(name, layout, root)
+def _parse(
+    root: Path, missing_files: MissingFiles, name: str, layout: str, json_name: str, image_dir
+) -> Parsed:
+    files = Files(name, layout, root, missing_files)
     path = files.file(json_name)
     data = files.json(path)
     images = data.get("images") if isinstance(data, dict) else None
@@ -54,9 +58,10 @@ def _parse(root: Path, name: str, layout: str, json_name: str, image_dir) -> Par
     tables = {}
     for split, accepted in SPLITS.items():
         media: list[Path] = []
+        listed: list[Listed] = []
         media_of: list[int] = []
         texts: list[str] = []
-        for entry in images:
+        for k, entry in enumerate(images):
             if not isinstance(entry, dict) or "filename" not in entry or "split" not in entry:
                 raise files.malformed(path, f"image entry without 'filename'/'split': {entry!r}")
             if entry["split"] not in accepted:
@@ -67,6 +72,7 @@ def _parse(root: Path, name: str, layout: str, json_name: str, image_dir) -> Par
             media_of += [len(media)] * len(captions)
             texts += captions
             media.append(image_dir(files, entry))
+            listed.append(Listed(str(entry["filename"]), f"{path.name} image {k}"))
         table = SampleTable(
             labels=np.array(media_of, dtype=np.int64),
             media=tuple(media),
@@ -74,7 +80,9 @@ def _parse(root: Path, name: str, layout: str, json_name: str, image_dir) -> Par
             media_kind="image",
             texts=tuple(texts),
         )
-        tables[split] = files.check_media(table, split)
+        table = files.check_media(table, split, "images", listed)
+        # A pair id is the image's index in the split: renumber after any left out.
+        tables[split] = dataclasses.replace(table, labels=table.media_of.copy())
     return Parsed((), tables["train"], tables["test"])
 
 
@@ -86,12 +94,14 @@ def _flickr_image(files: Files, entry: dict) -> Path:
     return files.root / "flickr30k-images" / entry["filename"]
 
 
-def parse_coco(root: Path) -> Parsed:
-    return _parse(root, "mscoco", COCO_LAYOUT, "dataset_coco.json", _coco_image)
+def parse_coco(root: Path, missing_files: MissingFiles) -> Parsed:
+    return _parse(root, missing_files, "mscoco", COCO_LAYOUT, "dataset_coco.json", _coco_image)
 
 
-def parse_flickr(root: Path) -> Parsed:
-    return _parse(root, "flickr30k", FLICKR_LAYOUT, "dataset_flickr30k.json", _flickr_image)
+def parse_flickr(root: Path, missing_files: MissingFiles) -> Parsed:
+    return _parse(
+        root, missing_files, "flickr30k", FLICKR_LAYOUT, "dataset_flickr30k.json", _flickr_image
+    )
 
 
 def caption_clusters(table: SampleTable, clusters: int, seed: int) -> np.ndarray:

@@ -13,20 +13,23 @@ folder, so both flat and per-class folder trees work; listed clips that are miss
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.loaders.common import (
     AUDIO_SUFFIXES,
     VIDEO_SUFFIXES,
     DatasetSpec,
     Files,
+    Listed,
     Parsed,
     class_override,
-    report_missing,
     scan,
     video_table,
+    warn_rows,
 )
 
 NAME = "kinetics-sounds"
@@ -78,33 +81,49 @@ SPLITS = {
 }
 
 
-def _clip_name(row: dict[str, str]) -> str:
-    start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+def _clip_name(files: Files, csv_path: Path, line: int, row: dict[str, str]) -> str:
+    """The clip's file stem, ``<youtube_id>_<start:06d>_<end:06d>``."""
+    try:
+        start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+    except ValueError as err:
+        raise files.malformed(
+            csv_path, f"time_start/time_end must be numbers of seconds ({err})", line
+        ) from err
     return f"{row['youtube_id']}_{start:06d}_{end:06d}"
 
 
-def parse(root: Path) -> Parsed:
-    files = Files(NAME, LAYOUT, root)
+def _warn_cut_labels(
+    csv_path: Path, rows: list[tuple[int, dict[str, str]]], class_names: Sequence[str]
+) -> None:
+    """Warn about rows whose label is a class name cut short: they would be dropped as
+    "not a Kinetics-Sounds class" with no word otherwise."""
+    prefixes = {c[:k] for c in class_names for k in range(1, len(c))}
+    cut = [
+        Listed.at(repr(r["label"]), csv_path, n)
+        for n, r in rows
+        if r["label"] in prefixes and r["label"] not in class_names
+    ]
+    warn_rows(NAME, "have a label cut short of a class name and were skipped", cut)
+
+
+def parse(root: Path, missing_files: MissingFiles) -> Parsed:
+    files = Files(NAME, LAYOUT, root, missing_files)
     class_names = class_override(files) or KINETICS_SOUNDS
     index = {c: i for i, c in enumerate(class_names)}
     tables = {}
     for split, (csv_names, folder) in SPLITS.items():
         csv_path = files.first_existing(*csv_names)
         videos_dir = files.dir(folder)
-        rows = [r for r in files.csv_rows(csv_path, COLUMNS) if r["label"] in index]
-        try:
-            names = [_clip_name(r) for r in rows]
-        except ValueError as err:
-            raise files.malformed(csv_path, f"time_start/time_end must be numbers ({err})") from err
+        all_rows = files.csv_rows(csv_path, COLUMNS)
+        _warn_cut_labels(csv_path, all_rows, class_names)
+        numbered = [(n, r) for n, r in all_rows if r["label"] in index]
+        names = [_clip_name(files, csv_path, n, r) for n, r in numbered]
         clips, audio = scan(videos_dir, VIDEO_SUFFIXES, AUDIO_SUFFIXES)
-        present = [(n, r) for n, r in zip(names, rows, strict=True) if n in clips]
-        report_missing(NAME, split, len(rows) - len(present), len(rows))
-        if not present:
-            raise files.missing(
-                f"none of the {len(rows)} {split} clips of its classes is under {videos_dir}"
-            )
+        listed = [Listed.at(c, csv_path, n) for c, (n, _) in zip(names, numbered, strict=True)]
+        found = files.keep_listed(split, "clips", listed, [c in clips for c in names])
+        present = [(c, r) for c, (_, r), ok in zip(names, numbered, found, strict=True) if ok]
         labels = np.array([index[r["label"]] for _, r in present], dtype=np.int64)
-        videos = [clips[n] for n, _ in present]
+        videos = [clips[c] for c, _ in present]
         tables[split] = video_table(videos, labels, audio)
     return Parsed(tuple(class_names), tables["train"], tables["test"])
 

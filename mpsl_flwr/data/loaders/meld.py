@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.loaders.common import (
     AUDIO_SUFFIXES,
     VIDEO_SUFFIXES,
     DatasetSpec,
     Files,
+    Listed,
     Parsed,
-    report_missing,
     scan,
     video_table,
 )
@@ -41,22 +42,31 @@ SPLITS = {
 }
 
 
-def parse(root: Path) -> Parsed:
-    files = Files(NAME, LAYOUT, root)
+def utterance_text(raw: str) -> str:
+    """An utterance with runs of whitespace collapsed to one space.
+
+    The CSVs hold cp1252's ellipsis (byte 0x85) as U+0085, which ``str.split`` counts
+    as whitespace and would delete: it becomes "..." first.
+    """
+    return " ".join(raw.replace("\x85", "...").split())
+
+
+def parse(root: Path, missing_files: MissingFiles) -> Parsed:
+    files = Files(NAME, LAYOUT, root, missing_files)
     tables = {}
     for split, (csv_name, folder) in SPLITS.items():
         csv_path = files.file(csv_name)
         clips_dir = files.dir(folder)
-        rows = files.csv_rows(csv_path, COLUMNS)
+        numbered = files.csv_rows(csv_path, COLUMNS)
+        rows = [r for _, r in numbered]
         emotions = {r["Emotion"].strip().lower() for r in rows}
         if not emotions <= set(EMOTIONS):
             raise files.malformed(csv_path, f"unknown emotions {sorted(emotions - set(EMOTIONS))}")
         clips, audio = scan(clips_dir, VIDEO_SUFFIXES, AUDIO_SUFFIXES)
         names = [f"dia{r['Dialogue_ID'].strip()}_utt{r['Utterance_ID'].strip()}" for r in rows]
-        present = [(n, r) for n, r in zip(names, rows, strict=True) if n in clips]
-        report_missing(NAME, split, len(rows) - len(present), len(rows))
-        if not present:
-            raise files.missing(f"none of the {len(rows)} {split} clips is under {clips_dir}")
+        listed = [Listed.at(c, csv_path, n) for c, (n, _) in zip(names, numbered, strict=True)]
+        found = files.keep_listed(split, "clips", listed, [c in clips for c in names])
+        present = [(c, r) for c, r, ok in zip(names, rows, found, strict=True) if ok]
         labels = np.array(
             [EMOTIONS.index(r["Emotion"].strip().lower()) for _, r in present], dtype=np.int64
         )
@@ -64,7 +74,7 @@ def parse(root: Path) -> Parsed:
             [clips[n] for n, _ in present],
             labels,
             audio,
-            texts=tuple(" ".join(r["Utterance"].split()) for _, r in present),
+            texts=tuple(utterance_text(r["Utterance"]) for _, r in present),
         )
     return Parsed(EMOTIONS, tables["train"], tables["test"])
 

@@ -15,8 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.lazy import SampleTable
-from mpsl_flwr.data.loaders.common import DatasetSpec, Files, Parsed
+from mpsl_flwr.data.loaders.common import (
+    DatasetSpec,
+    Files,
+    Listed,
+    Parsed,
+    numbered_rows,
+    warn_rows,
+)
 
 NAME = "b-t4sa"
 LAYOUT = """
@@ -31,18 +39,19 @@ SPLIT_FILES = {"train": "b-t4sa_train.txt", "test": "b-t4sa_test.txt"}
 _URL = re.compile(r"https?://\S+")
 
 
-def _read_split(files: Files, split: str) -> tuple[list[Path], list[str], np.ndarray]:
+def _read_split(files: Files, split: str) -> tuple[list[Path], list[str], np.ndarray, list[Listed]]:
     path = files.file(SPLIT_FILES[split])
-    images, tweet_ids, labels = [], [], []
-    for i, line in enumerate(files.lines(path)):
+    images, tweet_ids, labels, listed = [], [], [], []
+    for number, line in files.numbered_lines(path):
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-            raise files.malformed(path, f"line {i + 1} is {line!r}; want '<image path> <0|1|2>'")
+            raise files.malformed(path, f"{line!r} is not '<image path> <0|1|2>'", number)
         image = path.parent / parts[0]
         images.append(image)
+        listed.append(Listed.at(parts[0], path, number))
         tweet_ids.append(image.stem.split("-")[0])
         labels.append(int(parts[1]))
-    return images, tweet_ids, np.array(labels, dtype=np.int64)
+    return images, tweet_ids, np.array(labels, dtype=np.int64), listed
 
 
 def _tweet_texts(files: Files, wanted: set[str]) -> dict[str, str]:
@@ -53,18 +62,32 @@ def _tweet_texts(files: Files, wanted: set[str]) -> dict[str, str]:
         header = next(reader, [])
         if [h.strip().lower() for h in header[:2]] != ["id", "text"]:
             raise files.malformed(path, f"the header must start with 'id,text'; got {header}")
-        for row in reader:
+        last = Listed("", "")
+        for line, row in numbered_rows(reader):
+            last = Listed.at(f"tweet {row[0] if row else '?'}", path, line)
             if len(row) >= 2 and row[0] in wanted:
                 texts[row[0]] = " ".join(_URL.sub(" ", row[1]).split())
+    if _odd_quotes(path):
+        warn_rows(NAME, "open a quote that is never closed (the file looks cut off)", [last])
     return texts
 
 
-def parse(root: Path) -> Parsed:
-    files = Files(NAME, LAYOUT, root)
+def _odd_quotes(path: Path) -> bool:
+    """Whether ``path`` has an odd number of '"': the last quoted field runs to the end of
+    the file, which the (lenient) csv reader accepts silently. Escaped quotes come in pairs."""
+    count = 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            count += chunk.count(b'"')
+    return count % 2 == 1
+
+
+def parse(root: Path, missing_files: MissingFiles) -> Parsed:
+    files = Files(NAME, LAYOUT, root, missing_files)
     splits = {s: _read_split(files, s) for s in SPLIT_FILES}
-    texts = _tweet_texts(files, {t for _, ids, _ in splits.values() for t in ids})
+    texts = _tweet_texts(files, {t for _, ids, _, _ in splits.values() for t in ids})
     tables = {}
-    for split, (images, ids, labels) in splits.items():
+    for split, (images, ids, labels, listed) in splits.items():
         absent = sorted({t for t in ids if t not in texts})
         if absent:
             raise files.malformed(
@@ -78,7 +101,7 @@ def parse(root: Path) -> Parsed:
             media_kind="image",
             texts=tuple(texts[t] for t in ids),
         )
-        tables[split] = files.check_media(table, split)
+        tables[split] = files.check_media(table, split, "images", listed)
     return Parsed(CLASS_NAMES, tables["train"], tables["test"])
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mpsl_flwr.config import MissingFiles
 from mpsl_flwr.data.loaders.common import (
     AUDIO_SUFFIXES,
     DatasetSpec,
     Files,
+    Listed,
     Parsed,
     class_override,
     scan,
@@ -40,31 +42,34 @@ LISTS = {"train": "trainlist01.txt", "test": "testlist01.txt"}
 def _class_index(files: Files) -> list[str]:
     path = files.file("ucfTrainTestlist", "classInd.txt")
     names = []
-    for i, line in enumerate(files.lines(path)):
+    for number, line in files.numbered_lines(path):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit():
-            raise files.malformed(path, f"line {i + 1} is {line!r}; want '<number> <Class>'")
+            raise files.malformed(path, f"{line!r} is not '<number> <Class>'", number)
         names.append(parts[1])
     return names
 
 
-def _video_list(files: Files, split: str, known: dict[str, str]) -> list[tuple[str, str]]:
-    """(class name as in classInd.txt, video path relative to UCF-101/) per listed video."""
+def _video_list(files: Files, split: str, known: dict[str, str]) -> list[tuple[str, str, int]]:
+    """(class name as in classInd.txt, video path relative to UCF-101/, list line) per
+    listed video."""
     path = files.file("ucfTrainTestlist", LISTS[split])
     out = []
-    for i, line in enumerate(files.lines(path)):
+    for number, line in files.numbered_lines(path):
         rel = line.split()[0]
         folder = rel.split("/")[0]
         # classInd and the folders disagree on case once (HandstandPushups).
         if "/" not in rel or folder.lower() not in known:
-            raise files.malformed(path, f"line {i + 1} ({rel!r}) is not '<Class>/<video>.avi'")
-        out.append((known[folder.lower()], rel))
+            raise files.malformed(path, f"{rel!r} is not '<Class>/<video>.avi'", number)
+        out.append((known[folder.lower()], rel, number))
     return out
 
 
-def _sounding_classes(files: Files, videos_dir: Path, train: list[tuple[str, str]]) -> set[str]:
+def _sounding_classes(
+    files: Files, videos_dir: Path, train: list[tuple[str, str, int]]
+) -> set[str]:
     by_class: dict[str, list[str]] = {}
-    for name, rel in train:
+    for name, rel, _ in train:
         by_class.setdefault(name, []).append(rel)
     keep = set()
     for name, rels in by_class.items():
@@ -78,8 +83,8 @@ def _sounding_classes(files: Files, videos_dir: Path, train: list[tuple[str, str
     return keep
 
 
-def parse(root: Path) -> Parsed:
-    files = Files(NAME, LAYOUT, root)
+def parse(root: Path, missing_files: MissingFiles) -> Parsed:
+    files = Files(NAME, LAYOUT, root, missing_files)
     videos_dir = files.dir("UCF-101")
     all_classes = _class_index(files)
     known = {c.lower(): c for c in all_classes}
@@ -99,10 +104,12 @@ def parse(root: Path) -> Parsed:
     (audio_index,) = scan(videos_dir, AUDIO_SUFFIXES)
     tables = {}
     for split, entries in lists.items():
-        kept = [(index[c], videos_dir / rel) for c, rel in entries if c in index]
-        labels = np.array([label for label, _ in kept], dtype=np.int64)
-        table = video_table([v for _, v in kept], labels, audio_index)
-        tables[split] = files.check_media(table, split)
+        kept = [(index[c], rel, n) for c, rel, n in entries if c in index]
+        labels = np.array([label for label, _, _ in kept], dtype=np.int64)
+        table = video_table([videos_dir / rel for _, rel, _ in kept], labels, audio_index)
+        list_file = files.root / "ucfTrainTestlist" / LISTS[split]
+        listed = [Listed.at(rel, list_file, n) for _, rel, n in kept]
+        tables[split] = files.check_media(table, split, "videos", listed)
     return Parsed(class_names, tables["train"], tables["test"])
 
 
