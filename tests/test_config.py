@@ -62,7 +62,7 @@ def test_overrides_parse_like_flwr_run_and_accept_bare_strings():
         parse_overrides(["epochs"])
 
 
-PARTS = ("data", "model", "optim", "federation", "output")
+PARTS = ("data", "model", "optim", "federation", "privacy", "output")
 
 
 def test_parts_are_views_of_the_flat_keys():

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from flwr_datasets.partitioner import Partitioner
 
-from mpsl_flwr.config import DataConfig, RunConfig
+from mpsl_flwr.config import DataConfig, RunConfig, choice_error
 from mpsl_flwr.data import loaders, synthetic
 from mpsl_flwr.data.base import DatasetInfo, MultimodalDataset
 from mpsl_flwr.data.partition import (
@@ -159,7 +159,4 @@ def _generate(spec: synthetic.SyntheticSpec) -> MultimodalDataset:
 
 def _check_name(name: str) -> None:
     if name not in dataset_names():
-        raise ValueError(
-            f"Unknown dataset '{name}'. Run-config key 'dataset' accepts: "
-            f"{', '.join(dataset_names())}."
-        )
+        raise choice_error("dataset", name, dataset_names())

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mpsl_flwr.config import resolve_config
+from mpsl_flwr.config import resolve_config, toml_value
 from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
 from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, summary_status
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
@@ -151,16 +151,7 @@ def _num(x: float) -> int | float:
 
 
 def _toml_pairs(values: dict[str, Any]) -> str:
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = json.dumps(value)
-        else:
-            text = repr(value)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+    return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())
 
 
 def main(
