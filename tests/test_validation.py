@@ -85,12 +85,73 @@ def test_image_size_must_be_a_multiple_of_the_patch(size):
 
 
 def test_good_values_still_pass():
-    RunConfig.from_mapping(
-        {"image-size": 224, "seed": 3, "weight-decay": 0.0, "dataset": "meld"}
-    )
+    RunConfig.from_mapping({"image-size": 224, "seed": 3, "weight-decay": 0.0, "dataset": "meld"})
 
 
 def test_dataset_names_match_the_loaders_and_the_generator():
     from mpsl_flwr.data import loaders, names, synthetic
 
     assert names.REAL == loaders.NAMES and names.BUILTIN == synthetic.TASKS
+
+
+# ------------------------------------------------------------------ against the dataset and the machine
+def test_early_fusion_with_retrieval_is_refused_at_setup(tiny):
+    from mpsl_flwr.experiment import Experiment
+
+    with pytest.raises(ConfigError, match="'fusion' is 'early'.*fusion=\"late\"") as err:
+        Experiment.from_config(tiny(dataset="synthetic-retrieval", fusion="early"))
+    assert "\n" not in str(err.value)
+
+
+def test_a_missing_pretrained_file_is_refused(tiny, tmp_path):
+    from mpsl_flwr.preflight import check_server
+
+    missing = tmp_path / "no-such.pth"
+    with pytest.raises(ConfigError, match="'pretrained' names no file") as err:
+        check_server(tiny(pretrained=str(missing)))
+    assert str(missing) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["server-device", "client-device"])
+def test_cuda_without_a_gpu_is_refused(tiny, monkeypatch, key):
+    import torch
+
+    from mpsl_flwr.preflight import preflight
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=f"'{key}' is 'cuda'.*Fix: {key}="):
+        preflight(tiny(**{key: "cuda"}), 2)
+
+
+def test_more_clients_than_samples_is_refused(tiny):
+    from mpsl_flwr.preflight import preflight
+
+    cfg = tiny(synthetic_train_size=10, min_partition_size=0)
+    preflight(cfg, 10)
+    with pytest.raises(ConfigError, match="11 clients but dataset=synthetic-vqa has 10"):
+        preflight(cfg, 11)
+    with pytest.raises(ConfigError, match="'min-partition-size' must be at most 3"):
+        preflight(cfg.replace(min_partition_size=4), 3)
+
+
+def _no_superlink(*args, **kwargs):
+    raise AssertionError("a SuperLink was started for a run that cannot start")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "nodes", "error"),
+    [
+        ({"synthetic-train-size": 8}, 9, "9 clients"),
+        ({"pretrained": "/no/such/checkpoint.pth"}, 2, "'pretrained' names no file"),
+        ({"dataset": "meld"}, 2, "set run-config 'data-dir'"),
+        ({"dataset": "meld", "data-dir": "/no/such/dir"}, 2, "does not exist"),
+        ({"dataset": "synthetic-retrieval", "fusion": "early"}, 2, "'fusion' is 'early'"),
+    ],
+)
+def test_mpsl_run_refuses_before_it_starts_a_superlink(monkeypatch, overrides, nodes, error):
+    from mpsl_flwr.data.errors import DatasetError
+    from mpsl_flwr.ops import launch
+
+    monkeypatch.setattr(launch, "local_superlink", _no_superlink)
+    with pytest.raises((ConfigError, DatasetError), match=error):
+        launch.main(overrides, nodes)

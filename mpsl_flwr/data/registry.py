@@ -67,6 +67,14 @@ def load_split(data: DataConfig, split: str) -> MultimodalDataset:
     )
 
 
+def train_size(data: DataConfig) -> int:
+    """Samples in the training split: a built-in task's configured size, or the length
+    of a real dataset's parsed index (no media is read)."""
+    if data.dataset in REAL:
+        return len(load_split(data, "train"))
+    return data.synthetic_train_size
+
+
 def partition_scheme(data: DataConfig, info: DatasetInfo) -> Scheme:
     """Dirichlet over labels for classification; ``retrieval-partition`` for retrieval."""
     if task_of(info).labels_are_pair_ids and data.retrieval_partition == "iid":

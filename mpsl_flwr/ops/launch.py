@@ -31,6 +31,7 @@ from mpsl_flwr.config import resolve_config, toml_value
 from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
 from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, summary_status
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
+from mpsl_flwr.preflight import preflight
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.results import SUMMARY, format_table
 
@@ -164,7 +165,8 @@ def main(
     timeout: float = 3600.0,
 ) -> int:
     """``mpsl-run`` (arguments parsed by :func:`mpsl_flwr.cli.run`): the exit code."""
-    resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
+    cfg = resolve_config(overrides, app_dir)
+    preflight(cfg, nodes * cfg.clients_per_node)  # fail fast, before any process
     with local_superlink(flwr_home) as link:
         print(f"SuperLink on 127.0.0.1:{link.port} (FLWR_HOME={link.flwr_home})", flush=True)
         outcome = flwr_run(
