@@ -215,7 +215,7 @@ class Retrieval(Task):
         if choice == "early":
             raise ConfigError(
                 "Run-config key 'fusion' is 'early', but retrieval embeds image and text "
-                'separately (one embedding each). Fix: fusion="late" or "auto".'
+                "separately (one embedding each). Fix: fusion=late (or auto)."
             )
         return super().fusion(choice)
 
