@@ -94,11 +94,11 @@ def test_dataset_names_match_the_loaders_and_the_generator():
     assert names.REAL == loaders.NAMES and names.BUILTIN == synthetic.TASKS
 
 
-# ------------------------------------------------------------------ against the dataset and the machine
+# ----------------------------------------------- against the dataset and the machine
 def test_early_fusion_with_retrieval_is_refused_at_setup(tiny):
     from mpsl_flwr.experiment import Experiment
 
-    with pytest.raises(ConfigError, match="'fusion' is 'early'.*Fix: fusion=late") as err:
+    with pytest.raises(ConfigError, match=r"'fusion' is 'early'.*Fix: fusion=late") as err:
         Experiment.from_config(tiny(dataset="synthetic-retrieval", fusion="early"))
     assert "\n" not in str(err.value)
 

@@ -78,6 +78,7 @@ def flwr_run(
     ``running``. The run is stopped if a process it needs dies (``link.check_alive``).
     """
     run_dir = choose_run_dir(run_config, app_dir)
+    print(f"Run directory: {run_dir}", flush=True)
     overrides = {**run_config, "output-dir": str(run_dir.parent), "run-name": run_dir.name}
     federation = []
     if num_supernodes is not None:
