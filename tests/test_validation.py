@@ -155,3 +155,10 @@ def test_mpsl_run_refuses_before_it_starts_a_superlink(monkeypatch, overrides, n
     monkeypatch.setattr(launch, "local_superlink", _no_superlink)
     with pytest.raises((ConfigError, DatasetError), match=error):
         launch.main(overrides, nodes)
+
+
+def test_too_many_partitions_is_a_config_error(tiny):
+    from mpsl_flwr.data.registry import client_partition
+
+    with pytest.raises(ConfigError, match="96 training samples cannot fill 97 partitions"):
+        client_partition(tiny().data, 0, 97, seed=0)
