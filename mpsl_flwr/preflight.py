@@ -5,10 +5,11 @@
 (on the server and every node alike; a real dataset's ``data-dir`` is opened there).
 What is left depends on a machine: the ``pretrained`` file, the devices asked for, and
 enough training samples for the clients. The ServerApp checks its own side before it
-writes anything (:func:`check_server`); the launchers (``mpsl-run``, ``mpsl-deploy``)
-check everything on their machine, which in a simulation is every client's machine too,
-before any process starts (:func:`preflight`), so that a bad value fails in a second
-rather than minutes into a run.
+writes anything (:func:`check_server`, and :func:`check_partitions` for the nodes
+already connected); the launchers (``mpsl-run``, ``mpsl-deploy``) check everything on
+their machine, which in a simulation is every client's machine too, before any process
+starts (:func:`preflight`), so that a bad value fails in a second rather than minutes
+into a run.
 """
 
 from __future__ import annotations
@@ -43,11 +44,9 @@ def check_server(cfg: RunConfig) -> Experiment:
     return exp
 
 
-def check_clients(exp: Experiment, num_clients: int) -> None:
-    """``num_clients`` logical clients can each get a partition of the training split,
-    and this machine can run them (``client-device``)."""
+def check_partitions(exp: Experiment, num_clients: int) -> None:
+    """``num_clients`` logical clients can each get a partition of the training split."""
     cfg = exp.cfg
-    resolve_device(cfg.client_device, "client-device")
     samples = train_size(cfg.data)
     if num_clients > samples:
         raise ConfigError(
@@ -68,7 +67,10 @@ def check_clients(exp: Experiment, num_clients: int) -> None:
 
 
 def preflight(cfg: RunConfig, num_clients: int) -> Experiment:
-    """Every check a launcher can make on its own machine before it starts a process."""
+    """Every check a launcher can make on its own machine before it starts a process,
+    for ``num_clients`` logical clients that run on this machine too (a simulation, or
+    SuperNodes on loopback)."""
     exp = check_server(cfg)
-    check_clients(exp, num_clients)
+    resolve_device(cfg.client_device, "client-device")
+    check_partitions(exp, num_clients)
     return exp

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid
 from mpsl_flwr.checkpoint import Checkpointer, Checkpointing
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.experiment import Experiment
-from mpsl_flwr.preflight import check_server
+from mpsl_flwr.preflight import check_partitions, check_server
 from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.registry import strategy_spec
 from mpsl_flwr.results import RunRecorder, format_table
@@ -41,6 +41,8 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     """Train with ``cfg.strategy``; returns the run directory."""
     setup_logging()
     exp = check_server(cfg)
+    if grid is not None:  # nodes still registering only add to the count
+        check_partitions(exp, len(list(grid.get_node_ids())) * cfg.clients_per_node)
     recorder = RunRecorder(cfg, headline=exp.task.headline)
     try:
         final = _dispatch(exp, grid, recorder)

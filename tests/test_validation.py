@@ -162,3 +162,14 @@ def test_too_many_partitions_is_a_config_error(tiny):
 
     with pytest.raises(ConfigError, match="96 training samples cannot fill 97 partitions"):
         client_partition(tiny().data, 0, 97, seed=0)
+
+
+def test_the_server_app_refuses_more_nodes_than_samples_before_writing(tiny, tmp_path):
+    from clients.client_app import app as client_app
+    from mpsl_flwr.local_grid import LocalGrid
+    from strategies.runner import run_experiment
+
+    cfg = tiny(synthetic_train_size=4, output_dir=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="5 clients but dataset=synthetic-vqa has 4"):
+        run_experiment(cfg, LocalGrid(client_app, 5, cfg.to_mapping()))
+    assert not (tmp_path / "out").exists()
