@@ -88,17 +88,17 @@ def test_the_installed_entry_point_exits_2_with_one_line():
     ]
 
 
-def test_the_server_app_logs_one_line(caplog, monkeypatch):
+def test_the_server_app_logs_one_line(monkeypatch):
     from strategies import server_app
-    from strategies.runner import setup_logging
 
-    setup_logging()  # its logger does not propagate to the root, where caplog listens
-    logger = logging.getLogger("mpsl_flwr")
-    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = logged.append  # type: ignore[method-assign]
+    monkeypatch.setattr(logging.getLogger("mpsl_flwr"), "handlers", [handler])
     context = Context(1, 0, {}, RecordDict(), {"weight-decay": -1.0})
     with pytest.raises(ConfigError) as err:
         server_app.main(None, context)
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+    assert [r.getMessage() for r in logged] == [
         "mpsl-flwr: error: Run-config key 'weight-decay' must be >= 0; got -1.0. "
         "Fix: e.g. --run-config 'weight-decay=0.01'."
     ]
