@@ -130,7 +130,7 @@ class NodeRuntime:
             exp=Experiment.from_config(cfg),
             client_ids=clients_of_partition(pid, k),
             num_clients=parts * k,
-            device=resolve_device(cfg.federation.client_device),
+            device=resolve_device(cfg.federation.client_device, "client-device"),
             label_secret=label_secret(context) if cfg.privacy.label_dp else None,
         )
 

@@ -23,6 +23,7 @@ not load torch for ``mpsl-costs``. A leaf: nothing in the app imports it.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import textwrap
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 
 from mpsl_flwr.config import parse_overrides
 from mpsl_flwr.project import PROJECT_DIR
+from mpsl_flwr.user_errors import USER_ERRORS
 
 
 def _summary(doc: str | None) -> str:
@@ -47,12 +49,65 @@ def _run_config_arg(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument("--run-config", default="", help=text)
 
 
+_DEBUG_HELP = "on an error, show the full traceback instead of one line"
+
+
+def _parser(prog: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """The argument parser of installed command ``prog``, with ``--debug``."""
+    parser = argparse.ArgumentParser(prog=prog, **kwargs)
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    return parser
+
+
+def _debug_asked(argv: list[str] | None) -> bool:
+    """Whether ``argv`` has ``--debug``, read as the command's own parser reads it."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--debug", action="store_true")
+    return bool(probe.parse_known_args(sys.argv[1:] if argv is None else argv)[0].debug)
+
+
+Command = Callable[[list[str] | None], int | None]
+
+
+def _command(func: Command) -> Command:
+    """Installed command ``mpsl-<name>``: a user error (bad run config, missing dataset)
+    prints as ``mpsl-<name>: error: ...`` and exits 2 (as argparse's own errors do), its
+    traceback only with ``--debug``."""
+    prog = "mpsl-" + func.__name__.replace("_", "-")
+
+    @functools.wraps(func)
+    def wrapper(argv: list[str] | None = None) -> int | None:
+        try:
+            return func(argv)
+        except USER_ERRORS as err:
+            if _debug_asked(argv):
+                raise
+            # As argparse's own errors: exit 2. A dataset error's expected folder tree
+            # follows its one line: the fix, spelled out.
+            print(f"{prog}: error: {str(err).strip()}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--nodes 0`` is refused at parse time)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+@_command
 def run(argv: list[str] | None = None) -> int:
     """``mpsl-run``: one ``flwr run`` simulation on a private SuperLink."""
     from mpsl_flwr.ops import launch
 
-    parser = argparse.ArgumentParser(prog="mpsl-run", description=_summary(launch.__doc__))
-    parser.add_argument("--nodes", type=int, default=10, help="simulated SuperNodes")
+    parser = _parser("mpsl-run", description=_summary(launch.__doc__))
+    parser.add_argument("--nodes", type=_positive_int, default=10, help="simulated SuperNodes")
     _run_config_arg(parser, "overrides, 'key=value ...' as for flwr run")
     parser.add_argument("--cpus-per-client", type=float, default=1.0)
     parser.add_argument("--gpus-per-client", type=float, default=0.0)
@@ -81,13 +136,14 @@ def _pick(value: float | None, fast_value: Any, fast: bool) -> float | None:
     return value if value is not None else fast_value if fast else None
 
 
+@_command
 def deploy(argv: list[str] | None = None) -> int:
     """``mpsl-deploy``: a real SuperLink and SuperNodes on loopback, one run."""
     from mpsl_flwr.ops import deploy as ops_deploy
     from mpsl_flwr.ops.deploy import FAST, SUPEREXEC_POLL_ENV, DeployOptions
 
-    parser = argparse.ArgumentParser(
-        prog="mpsl-deploy",
+    parser = _parser(
+        "mpsl-deploy",
         description=_summary(ops_deploy.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent(
@@ -98,7 +154,9 @@ def deploy(argv: list[str] | None = None) -> int:
             """
         ),
     )
-    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes (= data partitions)")
+    parser.add_argument(
+        "--nodes", type=_positive_int, default=2, help="SuperNodes (= data partitions)"
+    )
     parser.add_argument("--tls", action="store_true", help="HTTPS with a generated test CA")
     parser.add_argument(
         "--auth", action="store_true", help="SuperNode authentication (implies --tls)"
@@ -198,15 +256,16 @@ def _int_list(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
+@_command
 def compare(argv: list[str] | None = None) -> int:
     """``mpsl-compare``: strategies side by side over seeds (the paper's Tables 1-2)."""
     from mpsl_flwr.registry import STRATEGIES
     from mpsl_flwr.tools import compare as tool
 
-    parser = argparse.ArgumentParser(prog="mpsl-compare", description=_summary(tool.__doc__))
+    parser = _parser("mpsl-compare", description=_summary(tool.__doc__))
     parser.add_argument("--strategies", type=_comma_list, default=list(STRATEGIES))
     parser.add_argument("--seeds", type=_int_list, default="0,1,2")
-    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--nodes", type=_positive_int, default=10)
     _run_config_arg(parser, "'key=value ...' shared by all runs")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
@@ -224,15 +283,16 @@ def _sweep_args(parser: argparse.ArgumentParser, strategies: list[str], nodes_he
 
     parser.add_argument("--sizes", nargs="+", default=list(ENCODER_SIZES), choices=ENCODER_SIZES)
     parser.add_argument("--strategies", nargs="+", default=strategies, choices=strategies)
-    parser.add_argument("--nodes", type=int, default=10, help=nodes_help)
+    parser.add_argument("--nodes", type=_positive_int, default=10, help=nodes_help)
 
 
+@_command
 def costs(argv: list[str] | None = None) -> int:
     """``mpsl-costs``: measured client and server compute per strategy and encoder size."""
     from mpsl_flwr.registry import STRATEGIES
     from mpsl_flwr.tools import cost_table as tool
 
-    parser = argparse.ArgumentParser(prog="mpsl-costs", description=_summary(tool.__doc__))
+    parser = _parser("mpsl-costs", description=_summary(tool.__doc__))
     _sweep_args(parser, list(STRATEGIES), "clients sharing the global batch")
     _run_config_arg(parser, "'key=value ...' (dataset, image-size..)")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "costs")
@@ -241,11 +301,12 @@ def costs(argv: list[str] | None = None) -> int:
     return tool.run(args)
 
 
+@_command
 def traffic_sweep(argv: list[str] | None = None) -> int:
     """``mpsl-traffic-sweep``: MB per client per epoch against encoder size (Figure 3)."""
     from mpsl_flwr.tools import traffic_sweep as tool
 
-    parser = argparse.ArgumentParser(prog="mpsl-traffic-sweep", description=_summary(tool.__doc__))
+    parser = _parser("mpsl-traffic-sweep", description=_summary(tool.__doc__))
     _sweep_args(parser, list(tool.STRATEGIES), "clients")
     parser.add_argument(
         "--samples-per-client",
@@ -260,32 +321,36 @@ def traffic_sweep(argv: list[str] | None = None) -> int:
     return tool.run(args)
 
 
+@_command
 def partition_plot(argv: list[str] | None = None) -> None:
     """``mpsl-partition-plot``: run-config ``key=value`` overrides plus partition count
     and output."""
     from mpsl_flwr.tools import partition_plot as tool
 
-    parser = argparse.ArgumentParser(
-        prog="mpsl-partition-plot", description=(tool.__doc__ or "").splitlines()[0]
-    )
+    parser = _parser("mpsl-partition-plot", description=(tool.__doc__ or "").splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. dataset=meld")
-    parser.add_argument("--num-partitions", type=int, required=True, help="number of clients")
+    parser.add_argument(
+        "--num-partitions", type=_positive_int, required=True, help="number of clients"
+    )
     parser.add_argument("--out", default="partitions.png", help="output PNG path")
     parser.add_argument("--plot-type", choices=("bar", "heatmap"), default="bar")
     parser.add_argument("--size-unit", choices=("absolute", "percent"), default="absolute")
     tool.run(parser.parse_args(argv))
 
 
+@_command
 def label_attack(argv: list[str] | None = None) -> int:
     """``mpsl-label-attack``: label inference attacks on what the MPSL server receives."""
     from mpsl_flwr.tools import label_attack as tool
 
-    parser = argparse.ArgumentParser(
-        prog="mpsl-label-attack",
+    parser = _parser(
+        "mpsl-label-attack",
         description=_summary(tool.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--nodes", type=int, default=10, help="in-process nodes (clients)")
+    parser.add_argument(
+        "--nodes", type=_positive_int, default=10, help="in-process nodes (clients)"
+    )
     _run_config_arg(parser, "'key=value ...' of the attacked run (dataset, epochs, ...)")
     parser.add_argument(
         "--epochs-attacked",
@@ -295,30 +360,31 @@ def label_attack(argv: list[str] | None = None) -> int:
         help="epochs (from 1) whose steps are recorded and attacked (default: 1)",
     )
     parser.add_argument(
-        "--steps", type=int, default=3, metavar="K", help="attack the first K steps of each"
+        "--steps",
+        type=_positive_int,
+        default=3,
+        metavar="K",
+        help="attack the first K steps of each",
     )
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "label-attack")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
     args.overrides = _overrides(args.run_config)
-    try:
-        return tool.run(args)
-    except tool.NotAttackableError as err:
-        parser.exit(2, f"mpsl-label-attack: error: {err}\n")
+    return tool.run(args)
 
 
+@_command
 def privacy_frontier(argv: list[str] | None = None) -> int:
     """``mpsl-privacy-frontier``: accuracy against the best label attack, per defence."""
-    from mpsl_flwr.tools import label_attack
     from mpsl_flwr.tools import privacy_frontier as tool
 
-    parser = argparse.ArgumentParser(
-        prog="mpsl-privacy-frontier",
+    parser = _parser(
+        "mpsl-privacy-frontier",
         description=_summary(tool.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--nodes", type=int, default=10, help="in-process nodes (clients)")
+    parser.add_argument(
+        "--nodes", type=_positive_int, default=10, help="in-process nodes (clients)"
+    )
     _run_config_arg(parser, "'key=value ...' for every run (default: a small run per task)")
     parser.add_argument(
         "--tasks", nargs="+", default=list(tool.TASKS), metavar="DATASET", help="datasets"
@@ -332,19 +398,15 @@ def privacy_frontier(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="S[,S...]")
     parser.add_argument(
-        "--steps", type=int, default=3, metavar="K", help="attack the first K steps"
+        "--steps", type=_positive_int, default=3, metavar="K", help="attack the first K steps"
     )
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "privacy-frontier")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
     args.overrides = _overrides(args.run_config)
-    try:
-        return tool.run(args)
-    except label_attack.NotAttackableError as err:
-        parser.exit(2, f"mpsl-privacy-frontier: error: {err}\n")
+    return tool.run(args)
 
 
+@_command
 def centralized(argv: list[str] | None = None) -> None:
     """``mpsl-centralized [key=value ...]``: centralized training, the same keys as
     ``flwr run``, no Flower at all."""
@@ -352,9 +414,7 @@ def centralized(argv: list[str] | None = None) -> None:
     from mpsl_flwr.config import resolve_config
     from strategies.runner import run_experiment
 
-    parser = argparse.ArgumentParser(
-        prog="mpsl-centralized", description=(module.__doc__ or "").splitlines()[0]
-    )
+    parser = _parser("mpsl-centralized", description=(module.__doc__ or "").splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. epochs=2")
     args = parser.parse_args(argv)
     cfg = resolve_config(args.overrides).replace(strategy="centralized")

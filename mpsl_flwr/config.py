@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import math
 import shlex
 import tomllib
@@ -23,6 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from mpsl_flwr.data.names import DATASETS
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.registry import STRATEGIES, strategy_spec
 
@@ -369,6 +371,11 @@ def _field_type(field: dataclasses.Field[Any]) -> Any:
     return _field_types()[field.name]
 
 
+@functools.cache
+def _defaults_table() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(RunConfig)}
+
+
 def _unknown_key_message(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -382,10 +389,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if typing.get_origin(typ) is Literal:
         choices = typing.get_args(typ)
         if value not in choices:
-            raise ConfigError(
-                f"Run-config key '{key}' must be one of {', '.join(map(str, choices))}; "
-                f"got {value!r}."
-            )
+            raise choice_error(key, value, choices)
         return value
     if typ is bool:
         if isinstance(value, bool):
@@ -413,21 +417,95 @@ def _example(typ: Any) -> str:
     return {bool: "true", int: "8", float: "0.5", str: '"text"'}.get(typ, "...")
 
 
-def _check_ranges(cfg: RunConfig) -> None:
-    positive = (
-        "synthetic_train_size",
-        "synthetic_test_size",
-        "batch_size",
-        "epochs",
-        "clients_per_node",
-        "eval_batch_size",
-        "retrieval_clusters",
-        "stage_blocks",
-        "max_partition_size",
+def choice_error(key: str, value: Any, choices: tuple[Any, ...]) -> ConfigError:
+    """``key`` got ``value``, which is none of ``choices``: name the closest one."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(
+        f"Run-config key '{key}' must be one of {', '.join(map(str, choices))}; "
+        f"got {value!r}.{hint}"
     )
-    for name in positive:
+
+
+def range_error(name: str, value: Any, rule: str, fix: str | None = None) -> ConfigError:
+    """Field ``name`` (snake_case) holds ``value``, which breaks ``rule``: one line
+    naming the key, the value and a fix (by default, the key's default value)."""
+    key = _key(name)
+    if fix is None:
+        fix = f"e.g. --run-config '{key}={toml_value(_defaults_table()[name])}'"
+    return ConfigError(f"Run-config key '{key}' must be {rule}; got {value!r}. Fix: {fix}.")
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value, as written after ``key=`` in ``--run-config``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+# Which keys each generic rule covers. A key in none of them has a check of its own
+# below (or takes any value of its type).
+_POSITIVE = (
+    "synthetic_train_size",
+    "synthetic_test_size",
+    "batch_size",
+    "epochs",
+    "clients_per_node",
+    "eval_batch_size",
+    "retrieval_clusters",
+    "stage_blocks",
+    "max_partition_size",
+    "learning_rate",
+    "dirichlet_alpha",
+    "temperature",
+    "max_client_mb",
+    "step_timeout",
+    "node_wait_timeout",
+)
+_ZERO_IS_DEFAULT = (
+    "image_size",
+    "audio_frames",
+    "text_length",
+    "encoder_depth",
+    "min_nodes",
+    "checkpoint_every",
+    "stage_rounds",
+    "max_abs_activation",
+)
+_NON_NEGATIVE = ("seed", "data_seed", "weight_decay", "min_partition_size")
+PATCH_SIZE = 16
+"""Side of the image patches (the ViT tokenizer): ``image-size`` must be a multiple."""
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    _check_label_privacy(cfg)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise range_error(f.name, value, "a finite number")
+    for name in _POSITIVE:
         if getattr(cfg, name) <= 0:
-            raise ConfigError(f"Run-config key '{_key(name)}' must be positive.")
+            raise range_error(name, getattr(cfg, name), "> 0")
+    for name in _ZERO_IS_DEFAULT:
+        if getattr(cfg, name) < 0:
+            raise range_error(name, getattr(cfg, name), ">= 0 (0 = the default)")
+    for name in _NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            raise range_error(name, getattr(cfg, name), ">= 0")
+    if cfg.dataset not in DATASETS:
+        raise choice_error("dataset", cfg.dataset, DATASETS)
+    if cfg.image_size % PATCH_SIZE:
+        below = cfg.image_size // PATCH_SIZE * PATCH_SIZE
+        raise range_error(
+            "image_size",
+            cfg.image_size,
+            f"a multiple of the {PATCH_SIZE}-pixel patch (or 0 = the dataset's default)",
+            f"image-size={below or PATCH_SIZE} or {below + PATCH_SIZE}",
+        )
+    if not 0.0 <= cfg.synthetic_difficulty <= 1.0:
+        raise range_error("synthetic_difficulty", cfg.synthetic_difficulty, "in [0, 1]")
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise range_error("warmup_ratio", cfg.warmup_ratio, "in [0, 1)")
     if cfg.resume and not strategy_spec(cfg.strategy).resumable:
         resumable = [name for name, s in STRATEGIES.items() if s.resumable]
         raise ConfigError(
@@ -436,41 +514,11 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.resume and not cfg.run_name:
         raise ConfigError("resume=true needs 'run-name' set to the run to resume.")
     _check_run_name(cfg.run_name)
-    for name in (
-        "image_size",
-        "audio_frames",
-        "text_length",
-        "encoder_depth",
-        "min_nodes",
-        "checkpoint_every",
-        "stage_rounds",
-    ):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"Run-config key '{_key(name)}' must be >= 0 (0 = the default).")
-    if not 0.0 <= cfg.synthetic_difficulty <= 1.0:
-        raise ConfigError("Run-config key 'synthetic-difficulty' must lie in [0, 1].")
-    if cfg.dirichlet_alpha <= 0:
-        raise ConfigError("Run-config key 'dirichlet-alpha' must be > 0.")
-    if cfg.learning_rate <= 0:
-        raise ConfigError("Run-config key 'learning-rate' must be > 0.")
-    if not 0.0 <= cfg.warmup_ratio < 1.0:
-        raise ConfigError("Run-config key 'warmup-ratio' must lie in [0, 1).")
-    if cfg.max_client_mb <= 0:
-        raise ConfigError("Run-config key 'max-client-mb' must be > 0.")
-    if not cfg.max_abs_activation >= 0:  # also refuses NaN
-        raise ConfigError(
-            "Run-config key 'max-abs-activation' must be >= 0 (0 = derived from the model)."
-        )
     if cfg.node_registry and not Path(cfg.node_registry).is_absolute():
         raise ConfigError(
             "Run-config key 'node-registry' must be an absolute path (the ServerApp's working "
             f'directory is Flower\'s, not yours) or "" for none; got {cfg.node_registry!r}.'
         )
-    _check_label_privacy(cfg)
-    if cfg.temperature <= 0:
-        raise ConfigError("Run-config key 'temperature' must be > 0.")
-    if cfg.step_timeout <= 0 or cfg.node_wait_timeout <= 0:
-        raise ConfigError("Timeouts ('step-timeout', 'node-wait-timeout') must be > 0.")
     if cfg.finetune_blocks < -1 or cfg.finetune_blocks > cfg.depth:
         raise ConfigError(
             f"Run-config key 'finetune-blocks' must lie in [0, {cfg.depth}] "

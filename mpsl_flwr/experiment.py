@@ -79,7 +79,7 @@ class Experiment:
 
     @property
     def server_device(self) -> torch.device:
-        return resolve_device(self.cfg.federation.server_device)
+        return resolve_device(self.cfg.federation.server_device, "server-device")
 
     def initial_model(self) -> tuple[ClientHead, ServerModel]:
         """Head and server part at their initial weights (pretrained ones if configured)."""

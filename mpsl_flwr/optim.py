@@ -15,7 +15,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from mpsl_flwr.config import OptimConfig
+from mpsl_flwr.config import ConfigError, OptimConfig
 
 
 def make_optimizer(params: Iterable[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
@@ -62,10 +62,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def resolve_device(choice: str) -> torch.device:
-    """``auto`` picks CUDA when this process sees a GPU, else the CPU."""
+def resolve_device(choice: str, key: str) -> torch.device:
+    """``auto`` picks CUDA when this process sees a GPU, else the CPU; ``cuda`` without
+    one is a :class:`ConfigError` naming run-config ``key``."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("server-device/client-device is 'cuda' but no CUDA device is visible.")
+        raise ConfigError(
+            f"Run-config key '{key}' is 'cuda', but this machine has no usable CUDA device "
+            f'(torch.cuda.is_available() is False). Fix: {key}="auto" or "cpu".'
+        )
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from mpsl_flwr.config import RunConfig
+from mpsl_flwr.project import project_path
 from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.run_lock import RunLock
 
@@ -85,7 +86,7 @@ class RunRecorder:
         self.headline = headline
         out = cfg.output
         name = out.run_name or default_run_name(cfg)
-        root = Path(out.output_dir).expanduser().resolve()
+        root = project_path(out.output_dir).resolve()
         if out.resume:
             self.dir = root / name
             if not self.dir.is_dir():

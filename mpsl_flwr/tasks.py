@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mpsl_flwr.config import ConfigError
 from mpsl_flwr.data.base import DatasetInfo, Kind, MultimodalDataset
 from mpsl_flwr.models.server import ClassificationTail, RetrievalTail
 
@@ -212,8 +213,9 @@ class Retrieval(Task):
 
     def fusion(self, choice: str) -> str:
         if choice == "early":
-            raise ValueError(
-                "Retrieval embeds image and text separately: use fusion=late (or auto)."
+            raise ConfigError(
+                "Run-config key 'fusion' is 'early', but retrieval embeds image and text "
+                "separately (one embedding each). Fix: fusion=late (or auto)."
             )
         return super().fusion(choice)
 

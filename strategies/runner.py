@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 from mpsl_flwr.checkpoint import Checkpointer, Checkpointing
 from mpsl_flwr.config import RunConfig
 from mpsl_flwr.experiment import Experiment
+from mpsl_flwr.preflight import check_partitions, check_server
 from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.registry import strategy_spec
 from mpsl_flwr.results import RunRecorder, format_table
@@ -39,7 +40,9 @@ def setup_logging() -> None:
 def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     """Train with ``cfg.strategy``; returns the run directory."""
     setup_logging()
-    exp = Experiment.from_config(cfg)
+    exp = check_server(cfg)
+    if grid is not None:  # nodes still registering only add to the count
+        check_partitions(exp, len(list(grid.get_node_ids())) * cfg.clients_per_node)
     with RunRecorder(cfg, headline=exp.task.headline) as recorder:  # failed on an error
         if grid is not None:  # so a launcher finds the directory its own run wrote
             recorder.update(**{"flwr-run-id": grid.run.run_id})

@@ -18,6 +18,8 @@ import datasets
 import numpy as np
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
+from mpsl_flwr.config import ConfigError
+
 Scheme = Literal["dirichlet", "iid"]
 
 
@@ -132,7 +134,7 @@ def _cached_partitions(
         return (np.arange(len(labels)),)
     need = num_partitions * (min_size if scheme == "dirichlet" else 1)
     if len(labels) < need:
-        raise ValueError(
+        raise ConfigError(
             f"{len(labels)} training samples cannot fill {num_partitions} partitions of at "
             f"least {need // num_partitions} (run-config 'min-partition-size'): use more data "
             "or fewer clients."

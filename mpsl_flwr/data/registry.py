@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from flwr_datasets.partitioner import Partitioner
 
-from mpsl_flwr.config import DataConfig, RunConfig
+from mpsl_flwr.config import DataConfig, RunConfig, choice_error
 from mpsl_flwr.data import loaders, synthetic
 from mpsl_flwr.data.base import DatasetInfo, MultimodalDataset
 from mpsl_flwr.data.partition import (
@@ -65,6 +65,14 @@ def load_split(data: DataConfig, split: str) -> MultimodalDataset:
             image_norm=data.image_norm,
         )
     )
+
+
+def train_size(data: DataConfig) -> int:
+    """Samples in the training split: a built-in task's configured size, or the length
+    of a real dataset's parsed index (no media is read)."""
+    if data.dataset in REAL:
+        return len(load_split(data, "train"))
+    return data.synthetic_train_size
 
 
 def partition_scheme(data: DataConfig, info: DatasetInfo) -> Scheme:
@@ -160,7 +168,4 @@ def _generate(spec: synthetic.SyntheticSpec) -> MultimodalDataset:
 
 def _check_name(name: str) -> None:
     if name not in dataset_names():
-        raise ValueError(
-            f"Unknown dataset '{name}'. Run-config key 'dataset' accepts: "
-            f"{', '.join(dataset_names())}."
-        )
+        raise choice_error("dataset", name, dataset_names())

@@ -30,6 +30,7 @@ import torch
 from mpsl_flwr.data.audio import SAMPLE_RATE, fbank, frames_for_seconds
 from mpsl_flwr.data.base import DatasetInfo, TensorMultimodalDataset
 from mpsl_flwr.data.images import normalization
+from mpsl_flwr.data.names import BUILTIN
 from mpsl_flwr.data.text import tokenize
 
 COLORS = {
@@ -83,7 +84,7 @@ SIDE_PITCHES_HZ = (400.0, 2000.0)
 NOTE_PITCHES_HZ = tuple(float(f) for f in np.geomspace(260.0, 4200.0, len(NOTE_NAMES)))
 VQA_CLASSES = tuple(COLORS) + SHAPES
 
-TASKS = ("synthetic-vqa", "synthetic-va", "synthetic-at", "synthetic-retrieval")
+TASKS = BUILTIN
 _DEFAULT_TEXT_LENGTH = {"synthetic-vqa": 16, "synthetic-at": 12, "synthetic-retrieval": 32}
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_IMAGE_NORM = "inception"  # 0.5/0.5, as the images are drawn, not photographed

@@ -60,6 +60,7 @@ from mpsl_flwr.ops.processes import (
 from mpsl_flwr.ops.proxy import FleetProxy
 from mpsl_flwr.ops.runs import RunOutcome
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink, flower_env
+from mpsl_flwr.preflight import preflight
 from mpsl_flwr.project import PROJECT_DIR
 
 CONNECTION = "mpsl-deploy"
@@ -468,7 +469,8 @@ def main(
     keep_workdir: bool = False,
 ) -> int:
     """``mpsl-deploy`` (arguments parsed by :func:`mpsl_flwr.cli.deploy`): the exit code."""
-    cfg = resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
+    cfg = resolve_config(overrides, app_dir)
+    preflight(cfg, options.nodes * cfg.clients_per_node)  # fail fast, before any process
     options.proxy_max_body_mb = max(options.proxy_max_body_mb, 2 * cfg.max_client_mb)
     _interrupt_on_signals()
     try:

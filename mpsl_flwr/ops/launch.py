@@ -29,11 +29,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mpsl_flwr.config import resolve_config
+from mpsl_flwr.config import resolve_config, toml_value
 from mpsl_flwr.ops import fast_flower, flower_patches
 from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
 from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, own_run_dir, summary_status
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
+from mpsl_flwr.preflight import preflight
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.results import SUMMARY, format_table
 
@@ -108,6 +109,7 @@ def flwr_run(
     ``running``. The run is stopped if a process it needs dies (``link.check_alive``).
     """
     run_dir = choose_run_dir(run_config, app_dir)
+    print(f"Run directory: {run_dir}", flush=True)
     overrides = {**run_config, "output-dir": str(run_dir.parent), "run-name": run_dir.name}
     federation = []
     if num_supernodes is not None:
@@ -185,16 +187,7 @@ def _num(x: float) -> int | float:
 
 
 def _toml_pairs(values: dict[str, Any]) -> str:
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = json.dumps(value)
-        else:
-            text = repr(value)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+    return " ".join(f"{key}={toml_value(value)}" for key, value in values.items())
 
 
 def main(
@@ -207,7 +200,8 @@ def main(
     timeout: float = 3600.0,
 ) -> int:
     """``mpsl-run`` (arguments parsed by :func:`mpsl_flwr.cli.run`): the exit code."""
-    resolve_config(overrides, app_dir)  # fail fast on a bad key, before any process
+    cfg = resolve_config(overrides, app_dir)
+    preflight(cfg, nodes * cfg.clients_per_node)  # fail fast, before any process
     with local_superlink(flwr_home) as link:
         print(f"SuperLink on 127.0.0.1:{link.port} (FLWR_HOME={link.flwr_home})", flush=True)
         outcome = flwr_run(

@@ -5,12 +5,12 @@ the ServerApp process). The launcher has to know that directory before the run s
 to read *this* run's ``summary.json`` and never an older one's, so it chooses the name
 itself and submits it: the configured ``run-name``, or the recorder's default
 ``<strategy>-<dataset>-<size>-s<seed>-<time>``, made free with ``-2``, ``-3`` ... unless
-the run resumes, with the output directory made absolute (the ServerApp's working
-directory is not the launcher's). :func:`choose_run_dir` is that decision. Two
-launchers may choose the same free name at once; the ServerApp that comes second then
-writes ``<name>-2``, so the launcher looks for the directory whose summary names its
-Flower run (:func:`own_run_dir`). :func:`read_summary` and :func:`summary_status` read
-what the run wrote.
+the run resumes, with the output directory made absolute (a relative one is relative
+to the app directory, as in the ServerApp: :func:`mpsl_flwr.project.project_path`).
+:func:`choose_run_dir` is that decision. Two launchers may choose the same free name at
+once; the ServerApp that comes second then writes ``<name>-2``, so the launcher looks
+for the directory whose summary names its Flower run (:func:`own_run_dir`).
+:func:`read_summary` and :func:`summary_status` read what the run wrote.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 from mpsl_flwr.config import resolve_config
 from mpsl_flwr.ops.superlink import COMPLETED
+from mpsl_flwr.project import project_path
 from mpsl_flwr.results import SUMMARY, default_run_name, run_name_candidates
 
 
@@ -37,9 +38,7 @@ def choose_run_dir(run_config: Mapping[str, Any], app_dir: Path) -> Path:
     write: submit it as ``output-dir=<parent> run-name=<name>``."""
     cfg = resolve_config(dict(run_config), app_dir)
     name = cfg.run_name or default_run_name(cfg)
-    output_dir = Path(cfg.output_dir).expanduser()
-    if not output_dir.is_absolute():
-        output_dir = Path.cwd() / output_dir
+    output_dir = project_path(cfg.output_dir, app_dir.resolve())
     if not cfg.resume:
         name = free_run_name(output_dir, name)
     return output_dir / name

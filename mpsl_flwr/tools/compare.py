@@ -32,6 +32,7 @@ from mpsl_flwr.costs import run_costs
 from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.ops.launch import flwr_run, local_superlink
+from mpsl_flwr.preflight import preflight
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.registry import strategy_spec
 
@@ -200,7 +201,8 @@ def plot_curves(curves: dict[str, dict[str, Any]], path: Path, title: str) -> No
 def run(args: argparse.Namespace) -> int:
     """``mpsl-compare`` with the arguments :func:`mpsl_flwr.cli.compare` parsed."""
     strategies, seeds, overrides = args.strategies, args.seeds, args.overrides
-    base = resolve_config(overrides, PROJECT_DIR)  # fail fast on a bad key
+    base = resolve_config(overrides, PROJECT_DIR)
+    preflight(base, args.nodes * base.clients_per_node)  # fail fast, before any run
     out = (
         args.out
         or PROJECT_DIR / "outputs" / f"compare-{base.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from clients.client_app import app as client_app
-from mpsl_flwr.config import RunConfig, resolve_config
+from mpsl_flwr.config import ConfigError, RunConfig, resolve_config
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.local_grid import LocalGrid
 from mpsl_flwr.models.head import ClientHead
@@ -69,8 +69,9 @@ NOT_APPLICABLE_SIGN = (
 )
 
 
-class NotAttackableError(ValueError):
-    """The requested run has nothing a label attack could target."""
+class NotAttackableError(ConfigError):
+    """The requested run has nothing a label attack could target (a config problem:
+    the CLI shows it as one line, as every :class:`ConfigError`)."""
 
 
 @dataclass

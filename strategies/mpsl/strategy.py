@@ -64,7 +64,7 @@ class MPSL:
         self.exp = exp
         self.cfg = exp.cfg
         self.head, self.server_model = exp.initial_model()
-        self.device = resolve_device(self.cfg.server_device)
+        self.device = resolve_device(self.cfg.server_device, "server-device")
         self.roster = Roster({}, self.head)
         self.meter = TrafficMeter()
         self._restore: dict[int, dict[str, object]] = {}  # cid -> state to hand back
