@@ -35,6 +35,9 @@ RUN = {
     "step-timeout": 8.0,
     "node-wait-timeout": 60.0,
     "run-name": "dropout",
+    # No checkpoint legs: the kill must land in a training step (a query.state to the dead
+    # node would wait out step-timeout and the node would be back before epoch 2 starts).
+    "checkpoint-every": 0,
 }
 
 

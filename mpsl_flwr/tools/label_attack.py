@@ -61,6 +61,7 @@ from mpsl_flwr.privacy.recording import (
 from mpsl_flwr.privacy.truth import LabelOracle, true_labels
 from mpsl_flwr.protocol import mpsl as P
 from mpsl_flwr.records import EpochRecord
+from mpsl_flwr.tools.logs import quiet
 from strategies.mpsl import MPSL
 
 NOT_APPLICABLE_TAIL = "not applicable (the tail is on the server)"
@@ -385,14 +386,13 @@ def run(args: argparse.Namespace) -> int:
 
     Raises :class:`NotAttackableError` (the CLI prints it as one line) before anything trains.
     """
-    logging.getLogger("mpsl_flwr").setLevel(logging.WARNING)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    cfg = attack_config(args.overrides, args.epochs_attacked)
-    recorded = recorded_run(cfg, args.nodes, args.epochs_attacked, args.steps)
-    info = Experiment.from_config(cfg).info
-    oracle = LabelOracle(cfg.data, args.nodes * cfg.clients_per_node, cfg.seed)
-    rows = run_attacks(recorded, oracle, info.num_classes, cfg.seed, randomized_response(cfg))
-    write_report(args.out, cfg, args.nodes, args.steps, rows)
-    print(markdown(rows))
-    print(f"Wrote {args.out / 'label-attack.json'} and {args.out / 'label-attack.md'}")
-    return 0
+    with quiet(logging.WARNING):
+        cfg = attack_config(args.overrides, args.epochs_attacked)
+        recorded = recorded_run(cfg, args.nodes, args.epochs_attacked, args.steps)
+        info = Experiment.from_config(cfg).info
+        oracle = LabelOracle(cfg.data, args.nodes * cfg.clients_per_node, cfg.seed)
+        rows = run_attacks(recorded, oracle, info.num_classes, cfg.seed, randomized_response(cfg))
+        write_report(args.out, cfg, args.nodes, args.steps, rows)
+        print(markdown(rows))
+        print(f"Wrote {args.out / 'label-attack.json'} and {args.out / 'label-attack.md'}")
+        return 0

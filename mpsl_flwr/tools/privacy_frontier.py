@@ -43,6 +43,7 @@ from mpsl_flwr.tools.label_attack import (
     recorded_run,
     run_attacks,
 )
+from mpsl_flwr.tools.logs import quiet
 
 SETTINGS: tuple[tuple[str, float | None], ...] = (
     ("none", None),
@@ -284,13 +285,12 @@ def write(out: Path, rows: list[dict[str, Any]]) -> None:
 def run(args: argparse.Namespace) -> int:
     """``mpsl-privacy-frontier`` with the arguments :func:`mpsl_flwr.cli.privacy_frontier`
     parsed."""
-    logging.getLogger("mpsl_flwr").setLevel(logging.ERROR)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    base = {**SMALL_RUN, "progress": False, **args.overrides}
-    settings = [s for s in SETTINGS if args.settings is None or s[0] in args.settings]
-    runs = sweep(args.out, args.tasks, settings, args.seeds, base, args.nodes, args.steps)
-    rows = summarise(runs)
-    write(args.out, rows)
-    print(markdown(rows))
-    print(f"Wrote {args.out}/frontier.csv, frontier.md, frontier.png and runs.jsonl")
-    return 0
+    with quiet(logging.ERROR):
+        base = {**SMALL_RUN, "progress": False, **args.overrides}
+        settings = [s for s in SETTINGS if args.settings is None or s[0] in args.settings]
+        runs = sweep(args.out, args.tasks, settings, args.seeds, base, args.nodes, args.steps)
+        rows = summarise(runs)
+        write(args.out, rows)
+        print(markdown(rows))
+        print(f"Wrote {args.out}/frontier.csv, frontier.md, frontier.png and runs.jsonl")
+        return 0

@@ -45,6 +45,7 @@ from mpsl_flwr.protocol import TrafficMeter
 from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.registry import STRATEGIES as REGISTRY
 from mpsl_flwr.registry import strategy_spec
+from mpsl_flwr.tools.logs import quiet
 
 # Federated strategies that train the same parameters every round (no stages).
 STRATEGIES = tuple(n for n, s in REGISTRY.items() if s.needs_grid and s.stages is None)
@@ -144,34 +145,35 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """``mpsl-traffic-sweep`` with the arguments :func:`mpsl_flwr.cli.traffic_sweep` parsed."""
     # The probe runs' own logs (and FedAvg's note on skipped evaluation) would bury the table.
-    logging.getLogger("mpsl_flwr").setLevel(logging.WARNING)
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    base = resolve_config(args.overrides)
-    samples = args.samples_per_client or len(Experiment.from_config(base).train_set()) / args.nodes
-    rows = []
-    for size in args.sizes:
-        for strategy in args.strategies:
-            up, down = measure_size(base, size, strategy, args.nodes, samples)
-            row = {
-                "size": size,
-                "strategy": strategy,
-                "mb-up": up,
-                "mb-down": down,
-                "mb-total": up + down,
-            }
-            rows.append(row)
-            print(f"{size:>5} {strategy:>8}: {up:10.2f} MB up {down:10.2f} MB down", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "traffic.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    info = Experiment.from_config(base).info
-    title = (
-        f"{base.dataset}, {info.image_size}px, {samples:.0f} samples per client per epoch, "
-        f"{args.nodes} clients"
-    )
-    plot(rows, args.out / "traffic.png", title)
-    print(crossover(rows))
-    print(f"Wrote {args.out / 'traffic.csv'} and {args.out / 'traffic.png'}")
-    return 0
+    with quiet(logging.WARNING):
+        base = resolve_config(args.overrides)
+        samples = (
+            args.samples_per_client or len(Experiment.from_config(base).train_set()) / args.nodes
+        )
+        rows = []
+        for size in args.sizes:
+            for strategy in args.strategies:
+                up, down = measure_size(base, size, strategy, args.nodes, samples)
+                row = {
+                    "size": size,
+                    "strategy": strategy,
+                    "mb-up": up,
+                    "mb-down": down,
+                    "mb-total": up + down,
+                }
+                rows.append(row)
+                print(f"{size:>5} {strategy:>8}: {up:10.2f} MB up {down:10.2f} MB down", flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with (args.out / "traffic.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        info = Experiment.from_config(base).info
+        title = (
+            f"{base.dataset}, {info.image_size}px, {samples:.0f} samples per client per epoch, "
+            f"{args.nodes} clients"
+        )
+        plot(rows, args.out / "traffic.png", title)
+        print(crossover(rows))
+        print(f"Wrote {args.out / 'traffic.csv'} and {args.out / 'traffic.png'}")
+        return 0
