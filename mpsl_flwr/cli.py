@@ -338,6 +338,22 @@ def partition_plot(argv: list[str] | None = None) -> None:
     tool.run(parser.parse_args(argv))
 
 
+def _attacked_run_args(parser: argparse.ArgumentParser, run_config_help: str) -> None:
+    """The arguments of a recorded, attacked run (``mpsl-label-attack`` and the sweep of
+    ``mpsl-privacy-frontier``): nodes, run config, steps attacked."""
+    parser.add_argument(
+        "--nodes", type=_positive_int, default=10, help="in-process nodes (clients)"
+    )
+    _run_config_arg(parser, run_config_help)
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=3,
+        metavar="K",
+        help="attack the first K steps of each attacked epoch",
+    )
+
+
 @_command
 def label_attack(argv: list[str] | None = None) -> int:
     """``mpsl-label-attack``: label inference attacks on what the MPSL server receives."""
@@ -348,23 +364,13 @@ def label_attack(argv: list[str] | None = None) -> int:
         description=_summary(tool.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--nodes", type=_positive_int, default=10, help="in-process nodes (clients)"
-    )
-    _run_config_arg(parser, "'key=value ...' of the attacked run (dataset, epochs, ...)")
+    _attacked_run_args(parser, "'key=value ...' of the attacked run (dataset, epochs, ...)")
     parser.add_argument(
         "--epochs-attacked",
         type=_int_list,
         default=[1],
         metavar="E[,E...]",
         help="epochs (from 1) whose steps are recorded and attacked (default: 1)",
-    )
-    parser.add_argument(
-        "--steps",
-        type=_positive_int,
-        default=3,
-        metavar="K",
-        help="attack the first K steps of each",
     )
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "label-attack")
     args = parser.parse_args(argv)
@@ -382,10 +388,7 @@ def privacy_frontier(argv: list[str] | None = None) -> int:
         description=_summary(tool.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--nodes", type=_positive_int, default=10, help="in-process nodes (clients)"
-    )
-    _run_config_arg(parser, "'key=value ...' for every run (default: a small run per task)")
+    _attacked_run_args(parser, "'key=value ...' for every run (default: a small run per task)")
     parser.add_argument(
         "--tasks", nargs="+", default=list(tool.TASKS), metavar="DATASET", help="datasets"
     )
@@ -397,9 +400,6 @@ def privacy_frontier(argv: list[str] | None = None) -> int:
         help="label-privacy values of the sweep to run (default: all)",
     )
     parser.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="S[,S...]")
-    parser.add_argument(
-        "--steps", type=_positive_int, default=3, metavar="K", help="attack the first K steps"
-    )
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "privacy-frontier")
     args = parser.parse_args(argv)
     args.overrides = _overrides(args.run_config)

@@ -174,6 +174,16 @@ def assert_identical(before: dict[str, torch.Tensor], after: dict[str, torch.Ten
         assert torch.equal(after[name], value), name
 
 
+def _start_with_fault(cfg, grid: LocalGrid, fault, caplog) -> tuple[MPSL, list]:
+    """Run MPSL over ``grid`` with ``fault`` on every delivery, warnings captured."""
+    grid.fault = fault
+    mpsl = MPSL(Experiment.from_config(cfg))
+    rows: list = []
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        mpsl.start(grid, on_epoch_end=rows.append)
+    return mpsl, rows
+
+
 ACT, GRAD, STATS = P.act_key(0), P.grad_key(0), P.stats_key(0)
 
 # (leg, tamper, what the warning says after "sent bad", the problem it names)
@@ -381,11 +391,7 @@ def test_rejoin_moves_a_client_only_after_its_old_node_is_gone(tiny, caplog):
             events["impostor"] = grid.restart(1001)
         return msg
 
-    grid.fault = fault
-    mpsl = MPSL(Experiment.from_config(cfg))
-    rows: list = []
-    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        mpsl.start(grid, on_epoch_end=rows.append)
+    mpsl, rows = _start_with_fault(cfg, grid, fault, caplog)
     impostor = events["impostor"]
     assert f"Node {impostor} claims client 1, which node 1001 still serves (online)" in caplog.text
     assert mpsl.clients[1].node_id == 1001
@@ -407,11 +413,7 @@ def test_a_silent_node_that_is_still_listed_gives_its_client_to_its_replacement(
             return None  # silent from the first step on
         return msg
 
-    grid.fault = fault
-    mpsl = MPSL(Experiment.from_config(cfg))
-    rows: list = []
-    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        mpsl.start(grid, on_epoch_end=rows.append)
+    mpsl, rows = _start_with_fault(cfg, grid, fault, caplog)
     new = events["restarted"]
     assert 1001 in grid.get_node_ids()
     assert f"Client 1 rejoined on node {new} (was node 1001)" in caplog.text
@@ -503,11 +505,7 @@ def test_with_a_registry_rejoin_goes_only_to_the_registered_node(tiny, tmp_path,
             events["impostor"] = grid.restart(1001)  # a new node id, not in the registry
         return msg
 
-    grid.fault = fault
-    mpsl = MPSL(Experiment.from_config(cfg))
-    rows: list = []
-    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        mpsl.start(grid, on_epoch_end=rows.append)
+    mpsl, _ = _start_with_fault(cfg, grid, fault, caplog)
     impostor = events["impostor"]
     assert (
         f"Node {impostor} claims client 1, which the node registry gives to node 1001"

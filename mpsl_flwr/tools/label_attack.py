@@ -313,11 +313,11 @@ def best_attack(rows: list[AttackRow]) -> AttackRow:
     return max(scored, key=lambda r: r.recovery_rate or 0.0)
 
 
-def randomized_response(cfg: RunConfig) -> RandomizedResponse | None:
-    """The run's label-dp mechanism (None without label-dp)."""
+def randomized_response(cfg: RunConfig, num_classes: int) -> RandomizedResponse | None:
+    """The run's label-dp mechanism over its ``num_classes`` (None without label-dp)."""
     if not cfg.privacy.label_dp:
         return None
-    return RandomizedResponse(cfg.label_epsilon, Experiment.from_config(cfg).info.num_classes)
+    return RandomizedResponse(cfg.label_epsilon, num_classes)
 
 
 # ------------------------------------------------------------------ the report
@@ -391,7 +391,8 @@ def run(args: argparse.Namespace) -> int:
         recorded = recorded_run(cfg, args.nodes, args.epochs_attacked, args.steps)
         info = Experiment.from_config(cfg).info
         oracle = LabelOracle(cfg.data, args.nodes * cfg.clients_per_node, cfg.seed)
-        rows = run_attacks(recorded, oracle, info.num_classes, cfg.seed, randomized_response(cfg))
+        rr = randomized_response(cfg, info.num_classes)
+        rows = run_attacks(recorded, oracle, info.num_classes, cfg.seed, rr)
         write_report(args.out, cfg, args.nodes, args.steps, rows)
         print(markdown(rows))
         print(f"Wrote {args.out / 'label-attack.json'} and {args.out / 'label-attack.md'}")

@@ -109,7 +109,8 @@ def one_run(
     run = recorded_run(cfg, nodes, attacked, steps, evaluate=True)
     exp = Experiment.from_config(cfg)
     oracle = LabelOracle(cfg.data, nodes * cfg.clients_per_node, cfg.seed)
-    rows = run_attacks(run, oracle, exp.info.num_classes, cfg.seed, randomized_response(cfg))
+    classes = exp.info.num_classes
+    rows = run_attacks(run, oracle, classes, cfg.seed, randomized_response(cfg, classes))
     best = best_attack(rows)
     costs = measure(exp)
     last = run.history[-1]
