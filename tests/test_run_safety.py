@@ -313,3 +313,35 @@ def test_the_launcher_reports_the_run_dir_its_own_run_wrote(tmp_path, capsys):
     assert report(outcome, "") == 0
     out = capsys.readouterr().out
     assert "| 1 | 1 |" in out and f"Results: {tmp_path / 'same-2'}" in out
+
+
+def test_a_streamed_run_prints_its_table_and_results_path_once(tmp_path, capsys):
+    """The ServerApp prints the table and the results path into the streamed log; the
+    launcher's report then adds only how the run ended (item 24)."""
+    from mpsl_flwr.ops.launch import flwr_run, report
+
+    outcome = flwr_run(
+        _TwinLauncherLink(tmp_path),  # type: ignore[arg-type]
+        {"output-dir": str(tmp_path), "run-name": "once"},
+        2,
+        stream=False,
+    )
+    outcome.streamed = True
+    assert report(outcome, "") == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 1 |" not in out and "Results:" not in out
+    assert f"Summary: {outcome.run_dir / 'summary.json'}" in out
+
+
+def test_the_launchers_logs_are_kept_in_the_run_dir(tmp_path):
+    """A failure message points at logs that outlive the launcher's temporary dirs."""
+    from mpsl_flwr.ops.runs import keep_logs
+
+    home = tmp_path / "home"
+    (home / "logs").mkdir(parents=True)
+    (home / "superlink.log").write_text("link\n")
+    (home / "logs" / "supernode-0.log").write_text("node\n")
+    kept = keep_logs([home / "superlink.log", home / "logs", home / "absent.log"], tmp_path / "r")
+    assert kept == tmp_path / "r" / "logs"
+    assert (kept / "superlink.log").read_text() == "link\n"
+    assert (kept / "logs" / "supernode-0.log").read_text() == "node\n"
