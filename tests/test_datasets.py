@@ -484,9 +484,8 @@ def test_partition_plot_writes_png_of_the_client_partitions(tmp_path):
     out = tmp_path / "plot.png"
     plot_main(
         [
-            "dataset=synthetic-vqa",
-            "synthetic-train-size=400",
-            "dirichlet-alpha=0.3",
+            "--run-config",
+            "dataset='synthetic-vqa' synthetic-train-size=400 dirichlet-alpha=0.3",
             "--num-partitions",
             "4",
             "--out",
