@@ -41,8 +41,12 @@ def _summary(doc: str | None) -> str:
 
 
 def _overrides(run_config: str) -> dict[str, Any]:
-    """``--run-config 'key=value ...'`` as a dict (TOML values, as ``flwr run``)."""
-    return parse_overrides([run_config]) if run_config else {}
+    """``--run-config 'key=value ...'`` as a dict (TOML values, as ``flwr run``), with
+    relative local paths made absolute against the directory the command runs in."""
+    from mpsl_flwr.ops.runs import absolute_local_paths
+
+    values = parse_overrides([run_config]) if run_config else {}
+    return {**values, **absolute_local_paths(values)}
 
 
 def _run_config_arg(parser: argparse.ArgumentParser, text: str) -> None:

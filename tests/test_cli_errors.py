@@ -48,7 +48,6 @@ def test_zero_nodes_is_refused_at_parse_time(name, capsys):
         ("centralized", ["--run-config", "seed=-1"]),
         ("partition-plot", ["--num-partitions", "2", "--run-config", "seed=-1"]),
         ("traffic-sweep", ["--run-config", "seed=-1"]),
-        ("privacy-frontier", ["--run-config", "seed=-1"]),
         ("run", ["--run-config", "dataset=synthetic-va"]),
     ],
 )

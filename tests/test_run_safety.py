@@ -288,6 +288,7 @@ class _TwinLauncherLink:
 
     def flwr(self, *args: str, **kwargs) -> str:
         if args[0] == "run":
+            self.submitted = args[args.index("--run-config") + 1]
             for name, run_id, loss in (("same", 1, 9.0), ("same-2", 2, 1.0)):
                 (self.output_dir / name).mkdir(parents=True)
                 row = {"epoch": 1, "train-loss": loss}
@@ -345,3 +346,25 @@ def test_the_launchers_logs_are_kept_in_the_run_dir(tmp_path):
     assert kept == tmp_path / "r" / "logs"
     assert (kept / "superlink.log").read_text() == "link\n"
     assert (kept / "logs" / "supernode-0.log").read_text() == "node\n"
+
+
+def test_relative_local_paths_are_submitted_absolute(tmp_path, monkeypatch):
+    """data-dir, pretrained and node-registry mean what they named where the command was
+    typed, whichever directory the ServerApp and ClientApps run in."""
+    from mpsl_flwr.config import parse_overrides
+    from mpsl_flwr.ops.launch import flwr_run
+
+    monkeypatch.chdir(tmp_path)
+    link = _TwinLauncherLink(tmp_path)
+    config = {
+        "output-dir": str(tmp_path),
+        "run-name": "same",
+        "data-dir": "data/ucf",
+        "pretrained": "/abs/vit.pth",
+        "node-registry": "~/reg.json",
+    }
+    flwr_run(link, config, 2, stream=False)  # type: ignore[arg-type]
+    submitted = parse_overrides([link.submitted])
+    assert submitted["data-dir"] == str(tmp_path / "data" / "ucf")
+    assert submitted["pretrained"] == "/abs/vit.pth"
+    assert submitted["node-registry"] == str(Path.home() / "reg.json")

@@ -33,6 +33,7 @@ from mpsl_flwr.ops import fast_flower, flower_patches
 from mpsl_flwr.ops.processes import executable, owned_temp_dir, sigterm_raises_exit
 from mpsl_flwr.ops.runs import (
     RunOutcome,
+    absolute_local_paths,
     choose_run_dir,
     keep_logs,
     own_run_dir,
@@ -113,6 +114,7 @@ def flwr_run(
     ``status_interval`` seconds, and at once when the run's summary.json leaves
     ``running``. The run is stopped if a process it needs dies (``link.check_alive``).
     """
+    run_config = {**run_config, **absolute_local_paths(run_config)}
     run_dir = choose_run_dir(run_config, app_dir)
     print(f"Run directory: {run_dir}", flush=True)
     overrides = {**run_config, "output-dir": str(run_dir.parent), "run-name": run_dir.name}

@@ -45,6 +45,25 @@ def choose_run_dir(run_config: Mapping[str, Any], app_dir: Path) -> Path:
     return output_dir / name
 
 
+LOCAL_PATH_KEYS = ("data-dir", "pretrained", "node-registry")
+"""Run-config keys that name files on this machine."""
+
+
+def absolute_local_paths(run_config: Mapping[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """The relative :data:`LOCAL_PATH_KEYS` of ``run_config`` made absolute (``~``
+    expanded) against the directory the command was typed in (``cwd``, default the
+    current one), as a user means them: the ServerApp and ClientApps that read them may
+    run elsewhere (SuperNodes started in other directories; plain ``flwr run`` from
+    ``$FLWR_HOME``)."""
+    base = cwd or Path.cwd()
+    absolute = {}
+    for key in LOCAL_PATH_KEYS:
+        value = run_config.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            absolute[key] = str(base / Path(value).expanduser())
+    return absolute
+
+
 def own_run_dir(chosen: Path, run_id: int) -> Path | None:
     """Of ``chosen`` and its ``-2``, ``-3`` ... siblings, the directory whose summary.json
     names Flower run ``run_id``; None while none does."""
