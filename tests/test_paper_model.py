@@ -292,3 +292,20 @@ def test_timm_patch_bias_is_folded_into_the_positions(tiny, tmp_path):
         patches = vit.patch_embed.proj(images).flatten(2).transpose(1, 2)  # with its bias
         theirs = torch.cat([vit.cls_token.expand(2, -1, -1), patches], 1) + pos
     torch.testing.assert_close(ours, theirs)
+
+
+def test_costs_count_the_papers_parameters(tiny):
+    """``mpsl-costs`` counts the model as built: no final norm, no patch bias."""
+    from mpsl_flwr.costs import measure
+
+    cfg = tiny(encoder_depth=2)
+    report = measure(Experiment.from_config(cfg))
+    block = Block(192, HEADS, qkv_bias=True, norm_layer=nn.LayerNorm)
+    classes = dataset_info(cfg.data).num_classes
+    assert report.server_params == 2 * sum(p.numel() for p in block.parameters()) + (
+        192 * classes + classes
+    )
+    info = dataset_info(cfg.data)
+    image = 192 * 3 * 16 * 16 + 192 + (1 + (info.image_size // 16) ** 2) * 192  # conv, CLS, pos
+    text = info.text_length * 192  # positions; the token table is frozen
+    assert report.client_params == image + text + 2 * 192  # + the pre-LayerNorm

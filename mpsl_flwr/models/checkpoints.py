@@ -28,6 +28,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
+from mpsl_flwr.config import ConfigError
 from mpsl_flwr.models.head import ClientHead, ImageTokenizer
 from mpsl_flwr.models.server import ServerModel
 
@@ -98,7 +99,8 @@ def load_pretrained(
 
     Every tensor of the head and the encoder that the checkpoint does not fill is left
     at random initialisation; unless ``allow_random`` (run-config
-    ``pretrained-allow-random``) this raises a one-line ``ValueError`` naming them,
+    ``pretrained-allow-random``) this raises a one-line ``ConfigError`` (a
+    ``ValueError``, printed as one line by every command) naming them,
     since a "pretrained" run that trains half its model from scratch should be chosen,
     not stumbled into. Returns a short report: format, blocks loaded, the head tensors
     loaded, the model tensors left random and the checkpoint tensors not used.
@@ -117,7 +119,7 @@ def load_pretrained(
         used |= _load_timm_extras(others, head, server, loaded)
     random = left_random(head, server, loaded)
     if random and not allow_random:
-        raise ValueError(
+        raise ConfigError(
             f"Pretrained checkpoint '{path}' ({fmt}) leaves {len(random)} model tensors at "
             f"random initialisation: {', '.join(random)}. {_HOLDS[fmt]} Fix: set run-config "
             "'pretrained-allow-random=true' to train them from their random start (the task "
