@@ -160,19 +160,23 @@ def _split_blocks(
 def _check_encoder_shape(
     path: str | Path, fmt: str, blocks: dict[int, dict[str, Tensor]], server: ServerModel
 ) -> None:
-    """The checkpoint's blocks are as wide and as many as the encoder's."""
+    """The checkpoint's blocks are as wide and as many as the encoder's (else a
+    ``ConfigError``: ``model-size`` and ``encoder-depth`` fix it)."""
     encoder = server.encoder
     if not blocks:
-        raise ValueError(f"No transformer blocks found in '{path}' ({fmt} layout).")
+        raise ConfigError(
+            f"No transformer blocks found in '{path}' ({fmt} layout). Fix: "
+            "pretrained-format=auto (it detects the layout), or another checkpoint."
+        )
     ckpt_width = next(iter(blocks[min(blocks)].values())).shape[-1]
     if ckpt_width != encoder.width:
-        raise ValueError(
+        raise ConfigError(
             f"Checkpoint '{path}' has width {ckpt_width}; the model has width {encoder.width}. "
             "Choose the matching 'model-size' (tiny 192, small 384, base 768, large 1024, "
             "huge 1280)."
         )
     if len(blocks) != len(encoder.blocks):
-        raise ValueError(
+        raise ConfigError(
             f"Checkpoint '{path}' has {len(blocks)} blocks; the encoder has "
             f"{len(encoder.blocks)}. Set 'encoder-depth' to {len(blocks)} (or 0 for the size's "
             "default depth)."
