@@ -178,26 +178,28 @@ def test_each_key_alone_changes_the_forward(tiny):
 
 
 def test_paper_defaults_have_no_final_norm_and_no_patch_bias(tiny):
-    for dataset in ("synthetic-va",):  # image and audio tokenizers
-        _, head, server = _model(tiny(dataset=dataset))
-        assert not any(k.startswith("encoder.norm.") for k in server.state_dict())
-        assert head.tokenizers["image"].patch_embed.proj.bias is None
-        assert head.tokenizers["audio"].proj.bias is None
-        norms = [m for m in server.encoder.modules() if isinstance(m, nn.LayerNorm)]
-        assert norms and all(type(m) is nn.LayerNorm and m.eps == 1e-5 for m in norms)
+    _, head, server = _model(tiny(dataset="synthetic-va"))  # image and audio tokenizers
+    assert not any(k.startswith("encoder.norm.") for k in server.state_dict())
+    assert head.tokenizers["image"].patch_embed.proj.bias is None
+    assert head.tokenizers["audio"].proj.bias is None
+    norms = [m for m in server.encoder.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(type(m) is nn.LayerNorm and m.eps == 1e-5 for m in norms)
 
 
-def test_readout_positions_follow_the_heads_layout(tiny):
-    """The server reads out where the head puts each modality's first token."""
-    for dataset in PAIRS:
-        _, head, server = _model(tiny(dataset=dataset, fusion="early"))
-        lengths = {
-            m: head.tokenizers[m].get_parameter("pos_embed").shape[1] for m in head.modalities
-        }
-        starts = [0]
-        for m in head.modalities[:-1]:
-            starts.append(starts[-1] + lengths[m])
-        assert server.readout.positions == {"fused": tuple(starts)}
+@pytest.mark.parametrize("dataset", PAIRS)
+def test_readout_positions_are_where_the_head_puts_each_first_token(tiny, dataset):
+    """Each early-fusion read-out position holds, in the head's own fused output, the
+    first token (CLS, or first text token) of one modality, in the head's order."""
+    cfg = tiny(dataset=dataset, fusion="early")
+    _, head, server = _model(cfg)
+    batch = _batch(dataset_info(cfg.data))
+    positions = server.readout.positions["fused"]
+    assert positions is not None and len(positions) == len(head.modalities)
+    with torch.no_grad():
+        fused = head(batch)["fused"]
+        for m, pos in zip(head.modalities, positions, strict=True):
+            first = head.pre_norm(head.tokenizers[m](batch[m]))[:, 0]
+            assert torch.equal(fused[:, pos], first)
 
 
 def test_bad_readout_fails_up_front_naming_the_fix(tiny):

@@ -139,7 +139,12 @@ class AudioTokenizer(nn.Module):
 
 
 class TextTokenizer(nn.Module):
-    """Subword token embedding (frozen unless asked) plus learned positions."""
+    """Subword token embedding (frozen unless asked) plus learned positions.
+
+    Makes ``length`` tokens, not the authors' one text token: the server reads the text
+    out at the first, CLIP's start-of-text token. Its input is the same for every text,
+    but attention runs both ways, so its output sees the whole text (and the padding:
+    the encoder has no attention mask)."""
 
     def __init__(
         self, width: int, vocab_size: int, length: int, train_token_embedding: bool
