@@ -52,12 +52,12 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"Could not read checkpoint '{path}': {err}") from err
+            raise ConfigError(f"Could not read checkpoint '{path}': {err}") from err
     for key in ("model", "state_dict", "module", "encoder"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"'{path}' does not hold a state dict of tensors.")
+        raise ConfigError(f"'{path}' does not hold a state dict of tensors.")
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
@@ -67,7 +67,7 @@ def detect_format(sd: dict[str, Tensor]) -> str:
         return "timm"
     if any(_BLOCK.match(k) for k in sd):
         return "meta-transformer"
-    raise ValueError(
+    raise ConfigError(
         "Checkpoint has neither timm keys ('blocks.0.norm1.weight') nor Meta-Transformer "
         f"keys ('0.norm1.weight'); first keys: {list(sd)[:5]}."
     )
@@ -81,9 +81,9 @@ EXPECTED_RANDOM = ("head.classifier.", "server.tail.", "server.adapters.")
 _HOLDS = {
     "meta-transformer": "A Meta-Transformer encoder checkpoint holds only the encoder blocks, "
     "so the client head's tokenizers and pre-LayerNorm stay random.",
-    "timm": "A timm ViT checkpoint holds the encoder blocks, its final norm and the image "
-    "tokenizer; other modalities' tokenizers and the pre-LayerNorm (unless it has norm_pre) "
-    "stay random.",
+    "timm": "A timm ViT checkpoint holds the encoder blocks, the image tokenizer and a final "
+    "norm (used with final-norm=true); other modalities' tokenizers and the pre-LayerNorm "
+    "(unless it has norm_pre) stay random.",
 }
 
 
