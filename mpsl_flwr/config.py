@@ -41,6 +41,7 @@ LrSchedule = Literal["cosine", "constant"]
 ActivationDtype = Literal["float32", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
+Readout = Literal["modality-tokens", "all-tokens"]
 ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
 MissingFiles = Literal["fail", "skip"]
 RetrievalPartition = Literal["iid", "dirichlet-cluster"]
@@ -92,8 +93,11 @@ class ModelConfig:
     encoder_depth: int
     finetune_blocks: int
     fusion: Fusion
+    readout: Readout
+    final_norm: bool
     pretrained: str
     pretrained_format: PretrainedFormat
+    pretrained_allow_random: bool
     train_token_embedding: bool
     temperature: float
     fedclip_adapter: AdapterSharing
@@ -194,8 +198,11 @@ class RunConfig:
     encoder_depth: int = 0
     finetune_blocks: int = -1
     fusion: Fusion = "auto"
+    readout: Readout = "modality-tokens"
+    final_norm: bool = False
     pretrained: str = ""
     pretrained_format: PretrainedFormat = "auto"
+    pretrained_allow_random: bool = False
     train_token_embedding: bool = False
     temperature: float = 0.07
     fedclip_adapter: AdapterSharing = "per-modality"
