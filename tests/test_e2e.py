@@ -122,7 +122,9 @@ def test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down(l
     outcome = flwr_run(link, config, num_supernodes=3, app_dir=app, timeout=300, stream=False)
     (dead,) = [p.name.split("-")[0] for p in (app / "deaths").iterdir()]
     logs = link.flwr("log", str(outcome.run_id), *link.conn_args(), "--show")
-    errors = re.findall(r"Node (\d+) replied to (\S+) of step \S+ with an error \(([^\n]*)", logs)
+    errors = re.findall(
+        r"Node (\d+) \([^)]*\) replied to (\S+) of step \S+ with an error \(([^\n]*)", logs
+    )
     assert outcome.status == "finished:completed", outcome
     # Without the replacement: 27 error replies, from every node, for the rest of the run.
     assert [(node, leg) for node, leg, _ in errors] == [(dead, "train.backward")], errors
