@@ -18,6 +18,9 @@ two round trips (``train.loss``, then ``train.backward`` carrying the next
 activations). Modes:
 
     sim          flwr simulation (Ray), as mpsl-run
+    sim-poll     the same with the simulation's 0.1 s poll of the nodes' inboxes
+                 lowered to --simulation-poll (opt-in patch of Flower 1.41/1.42,
+                 ``flower_patches.shorten_simulation_poll``)
     deploy       flower-superlink + flower-supernode with Flower's defaults
                  (--isolation subprocess: a fresh flwr-clientapp process per message;
                  SuperExec task poll 1 s; SuperNode idle poll 3 s)
@@ -32,6 +35,7 @@ long run is longer (``LARGE``) to keep the difference well above the noise.
 
     python examples/bench_step_latency.py                  # sim, deploy, deploy-fast
     python examples/bench_step_latency.py --modes sim deploy-fast
+    python examples/bench_step_latency.py --modes sim sim-poll --nodes 10
 """
 
 from __future__ import annotations
@@ -48,9 +52,9 @@ from mpsl_flwr.ops.deploy import FAST, DeployOptions, deployment
 from mpsl_flwr.ops.launch import flwr_run, local_superlink
 from mpsl_flwr.ops.runs import RunOutcome
 
-MODES = ("sim", "deploy", "deploy-poll", "deploy-fast")
+MODES = ("sim", "sim-poll", "deploy", "deploy-poll", "deploy-fast")
 DEFAULT_MODES = ("sim", "deploy", "deploy-fast")
-LARGE = {"sim": 640, "deploy": 160, "deploy-poll": 160, "deploy-fast": 256}
+LARGE = {"sim": 640, "sim-poll": 640, "deploy": 160, "deploy-poll": 160, "deploy-fast": 256}
 """Train size of the long run per mode (the short run has ``--small``)."""
 
 
@@ -75,12 +79,15 @@ def epoch_row(outcome: RunOutcome) -> dict[str, Any]:
     return json.loads((outcome.run_dir / "summary.json").read_text())["history"][0]
 
 
-def measure(mode: str, nodes: int, sizes: tuple[int, int], out: Path) -> dict[str, Any]:
+def measure(
+    mode: str, nodes: int, sizes: tuple[int, int], out: Path, simulation_poll: float = 0.005
+) -> dict[str, Any]:
     """Epoch times and steps of the two runs of one mode; seconds per step."""
     rows = []
     stamp = time.strftime("%H%M%S")
-    if mode == "sim":
-        with local_superlink() as link:
+    if mode.startswith("sim"):
+        poll = simulation_poll if mode == "sim-poll" else None
+        with local_superlink(simulation_poll=poll) as link:
             for size in sizes:
                 cfg = tiny_run(size, out, f"{mode}-{size}-{stamp}")
                 rows.append(epoch_row(flwr_run(link, cfg, nodes, stream=False)))
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--large", type=int, default=None, help="train size of the long run (default: LARGE)"
     )
+    parser.add_argument(
+        "--simulation-poll", type=float, default=0.005, help="sim-poll: seconds between passes"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
     results = []
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.time()
             print(f"[{mode}] running...", flush=True)
             sizes = (args.small, args.large or LARGE[mode])
-            res = measure(mode, args.nodes, sizes, Path(tmp))
+            res = measure(mode, args.nodes, sizes, Path(tmp), args.simulation_poll)
             res["bench_wall_s"] = round(time.time() - t0, 1)
             results.append(res)
             print(
