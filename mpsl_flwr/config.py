@@ -40,6 +40,7 @@ HeadSync = Literal["push", "keep"]
 LrSchedule = Literal["cosine", "constant"]
 ActivationDtype = Literal["float32", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
+ServerPrecision = Literal["auto", "fp32", "bf16"]
 PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
 ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
 MissingFiles = Literal["fail", "skip"]
@@ -140,6 +141,7 @@ class FederationConfig:
     node_registry: str
     server_device: Device
     client_device: Device
+    server_precision: ServerPrecision
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,7 @@ class RunConfig:
     # Devices
     server_device: Device = "auto"
     client_device: Device = "cpu"
+    server_precision: ServerPrecision = "auto"  # mpsl_flwr.precision
     # Output
     output_dir: str = "outputs"
     run_name: str = ""

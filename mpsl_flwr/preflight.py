@@ -20,6 +20,7 @@ from mpsl_flwr.config import ConfigError, RunConfig, range_error
 from mpsl_flwr.data.registry import train_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.optim import resolve_device
+from mpsl_flwr.precision import autocast_dtype
 
 
 def check_pretrained(cfg: RunConfig) -> None:
@@ -37,9 +38,10 @@ def check_pretrained(cfg: RunConfig) -> None:
 
 def check_server(cfg: RunConfig) -> Experiment:
     """The run's setup, and what the server's machine must have: a GPU for
-    ``server-device=cuda``, the ``pretrained`` file."""
+    ``server-device=cuda``, bf16 autocast for ``server-precision=bf16``, the
+    ``pretrained`` file."""
     exp = Experiment.from_config(cfg)
-    resolve_device(cfg.server_device, "server-device")
+    autocast_dtype(cfg.server_precision, resolve_device(cfg.server_device, "server-device"))
     check_pretrained(cfg)
     return exp
 

@@ -31,6 +31,7 @@ from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.node_registry import NodeRegistry
 from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
+from mpsl_flwr.precision import autocast_dtype
 from mpsl_flwr.progress import progress
 from mpsl_flwr.protocol.transport import Exchange, MeteredGrid, TrafficMeter
 from mpsl_flwr.records import EpochRecord, EpochStats
@@ -113,7 +114,12 @@ class MPSL:
         optimizer = make_optimizer(self.server_model.parameters(), self.cfg.optim)
         scheduler = make_scheduler(optimizer, self.cfg.optim, steps * self.cfg.epochs)
         self.server = SplitServer(
-            self.server_model, optimizer, scheduler, self.exp.task, self.device
+            self.server_model,
+            optimizer,
+            scheduler,
+            self.exp.task,
+            self.device,
+            autocast_dtype(self.cfg.server_precision, self.device),
         )
         self.legs = Legs(
             self.cfg, self.exchange, self.roster, self.head.stream_lengths(), self.exp.spec.width
