@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         epoch = "/".join(f"{s:.1f}" for s in r["epoch_s"])
         print(
             f"| {r['mode']} | {steps} | {epoch} | {r['s_per_step']:.2f} | "
-            f"{r['s_per_step_pooled']:.2f} | {f'{ratio:.0f}x' if ratio else '-'} |"
+            f"{r['s_per_step_pooled']:.2f} | {f'{ratio:.2f}x' if ratio else '-'} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
