@@ -15,7 +15,11 @@ it also prints the pooled estimate
 (an epoch is ``steps`` steps plus the first forward leg and the head exchange, about
 one step's worth of legs), which uses every step of both runs. A steady-state step is
 two round trips (``train.loss``, then ``train.backward`` carrying the next
-activations). Modes:
+activations). It also prints the median message-path overhead of a leg (its wall
+time minus its slowest node's compute, from the runs' ``steps.jsonl``, steps after the
+first): the figure the simulation poll moves, and one that compute noise on a shared
+machine does not swamp. Modes (repeat them to alternate, e.g. ``sim sim-poll sim
+sim-poll``):
 
     sim          flwr simulation (Ray), as mpsl-run
     sim-poll     the same with the simulation's 0.1 s poll of the nodes' inboxes
@@ -35,13 +39,15 @@ long run is longer (``LARGE``) to keep the difference well above the noise.
 
     python examples/bench_step_latency.py                  # sim, deploy, deploy-fast
     python examples/bench_step_latency.py --modes sim deploy-fast
-    python examples/bench_step_latency.py --modes sim sim-poll --nodes 10
+    python examples/bench_step_latency.py --modes sim sim-poll sim sim-poll --nodes 10 \
+        --small 160 --large 640
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -51,6 +57,7 @@ from typing import Any
 from mpsl_flwr.ops.deploy import FAST, DeployOptions, deployment
 from mpsl_flwr.ops.launch import flwr_run, local_superlink
 from mpsl_flwr.ops.runs import RunOutcome
+from mpsl_flwr.results import STEPS_JSONL
 
 MODES = ("sim", "sim-poll", "deploy", "deploy-poll", "deploy-fast")
 DEFAULT_MODES = ("sim", "deploy", "deploy-fast")
@@ -74,9 +81,17 @@ def tiny_run(train_size: int, out: Path, name: str) -> dict[str, Any]:
 
 
 def epoch_row(outcome: RunOutcome) -> dict[str, Any]:
+    """The run's epoch row, with the message-path overhead of each of its legs after the
+    first step (``leg-overheads``: leg wall time minus its slowest node's compute, from
+    ``steps.jsonl``), a figure that the steps' compute noise does not swamp."""
     if not outcome.ok:
         raise RuntimeError(f"run {outcome.run_id} ended {outcome.status}")
-    return json.loads((outcome.run_dir / "summary.json").read_text())["history"][0]
+    row = json.loads((outcome.run_dir / "summary.json").read_text())["history"][0]
+    steps = [json.loads(line) for line in (outcome.run_dir / STEPS_JSONL).open()]
+    overheads = [
+        leg["wall-s"] - leg["client-compute-max-s"] for step in steps[1:] for leg in step["legs"]
+    ]
+    return {**row, "leg-overheads": overheads}
 
 
 def measure(
@@ -107,6 +122,7 @@ def measure(
         raise RuntimeError(f"{mode}: both sizes gave {small['steps']}/{large['steps']} steps")
     return {
         "mode": mode,
+        "leg_overhead_median_s": statistics.median(small["leg-overheads"] + large["leg-overheads"]),
         "steps": (small["steps"], large["steps"]),
         "epoch_s": (small["epoch-time-s"], large["epoch-time-s"]),
         "s_per_step": (large["epoch-time-s"] - small["epoch-time-s"]) / dsteps,
@@ -139,20 +155,25 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             print(
                 f"[{mode}] {res['s_per_step']:.2f} s/step (difference), "
-                f"{res['s_per_step_pooled']:.2f} s/step (pooled)",
+                f"{res['s_per_step_pooled']:.2f} s/step (pooled), median leg overhead "
+                f"{res['leg_overhead_median_s']:.3f} s",
                 flush=True,
             )
     base = next((r for r in results if r["mode"] == "sim"), None)
     print(f"\n{args.nodes} nodes, tiny ViT (depth 2), batch 32, classification")
-    print("| mode | steps | epoch s | s/step (difference) | s/step (pooled) | x sim (pooled) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| mode | steps | epoch s | s/step (difference) | s/step (pooled) | x sim (pooled) "
+        "| median leg overhead s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         ratio = r["s_per_step_pooled"] / base["s_per_step_pooled"] if base else None
         steps = "/".join(str(s) for s in r["steps"])
         epoch = "/".join(f"{s:.1f}" for s in r["epoch_s"])
         print(
             f"| {r['mode']} | {steps} | {epoch} | {r['s_per_step']:.2f} | "
-            f"{r['s_per_step_pooled']:.2f} | {f'{ratio:.2f}x' if ratio else '-'} |"
+            f"{r['s_per_step_pooled']:.2f} | {f'{ratio:.2f}x' if ratio else '-'} | "
+            f"{r['leg_overhead_median_s']:.3f} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
