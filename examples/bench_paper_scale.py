@@ -30,7 +30,8 @@ IID (``dirichlet-alpha=1000``), so every client takes part in the first steps an
 epoch may run a few small steps more while the largest partitions finish. ``--deploy``
 runs the same on a real local SuperLink with ``--nodes`` SuperNodes started as
 ``mpsl-deploy --fast`` does (warm ClientApp executors, patched polls), one SuperNode
-process per node: not run at 100 nodes on the 2-core reference machine.
+process per node (each with its own copy of the data): checked at a tiny shape on 2
+nodes; not run at the paper's shape on the 2-core reference machine.
 """
 
 from __future__ import annotations
