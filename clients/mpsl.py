@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from clients.runtime import NodeRuntime, head_state_key
 from mpsl_flwr.models.split_model import load_trainable_state
 from mpsl_flwr.protocol import mpsl as P
+from mpsl_flwr.protocol.compute_time import timed
 from mpsl_flwr.split_client import SplitClient
 from mpsl_flwr.state import from_array_record, save_module
 
@@ -108,10 +109,11 @@ def _put_activations(
     P.put_activations(reply, cid, acts, P.wire_dtype(rt.cfg.activation_dtype))
 
 
+# The training legs report their compute time (the server's per-step timings).
 HANDLERS = {
-    P.FORWARD: forward,
-    P.LOSS: loss,
-    P.BACKWARD: backward,
+    P.FORWARD: timed(forward),
+    P.LOSS: timed(loss),
+    P.BACKWARD: timed(backward),
     P.QUERY_HEAD: query_head,
     P.QUERY_STATE: query_state,
 }

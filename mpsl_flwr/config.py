@@ -40,6 +40,7 @@ HeadSync = Literal["push", "keep"]
 LrSchedule = Literal["cosine", "constant"]
 ActivationDtype = Literal["float32", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
+ServerPrecision = Literal["auto", "fp32", "bf16"]
 PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
 Readout = Literal["modality-tokens", "all-tokens"]
 ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
@@ -144,6 +145,7 @@ class FederationConfig:
     node_registry: str
     server_device: Device
     client_device: Device
+    server_precision: ServerPrecision
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,7 @@ class RunConfig:
     # Devices
     server_device: Device = "auto"
     client_device: Device = "cpu"
+    server_precision: ServerPrecision = "auto"  # mpsl_flwr.precision
     # Output
     output_dir: str = "outputs"
     run_name: str = ""

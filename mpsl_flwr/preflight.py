@@ -26,6 +26,7 @@ from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.checkpoints import load_pretrained
 from mpsl_flwr.models.split_model import build_head, build_server
 from mpsl_flwr.optim import resolve_device
+from mpsl_flwr.precision import autocast_dtype
 
 
 def check_pretrained(cfg: RunConfig) -> None:
@@ -64,9 +65,10 @@ def check_checkpoint_fits(exp: Experiment) -> None:
 
 def check_server(cfg: RunConfig) -> Experiment:
     """The run's setup, and what the server's machine must have: a GPU for
-    ``server-device=cuda``, the ``pretrained`` file."""
+    ``server-device=cuda``, bf16 autocast for ``server-precision=bf16``, the
+    ``pretrained`` file."""
     exp = Experiment.from_config(cfg)
-    resolve_device(cfg.server_device, "server-device")
+    autocast_dtype(cfg.server_precision, resolve_device(cfg.server_device, "server-device"))
     check_pretrained(cfg)
     return exp
 

@@ -31,6 +31,7 @@ log = logging.getLogger("mpsl_flwr")
 SUMMARY = "summary.json"
 HISTORY_JSONL = "history.jsonl"
 HISTORY_CSV = "history.csv"
+STEPS_JSONL = "steps.jsonl"
 PLOT = "history.png"
 
 
@@ -169,6 +170,13 @@ class RunRecorder:
             os.fsync(fh.fileno())
         self._write_csv()
         self._write_summary()
+
+    def log_steps(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append per-step rows (timings of a strategy that keeps them) to ``steps.jsonl``."""
+        if not rows or not self.writing:
+            return
+        with (self.dir / STEPS_JSONL).open("a") as fh:
+            fh.write("".join(json.dumps(row) + "\n" for row in rows))
 
     def finish(self, final_metrics: dict[str, Any]) -> Path:
         """Mark the run completed, write final metrics and the plot; return summary path."""

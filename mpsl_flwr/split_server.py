@@ -3,7 +3,9 @@
 Pure PyTorch, no Flower: :class:`strategies.mpsl.MPSL` feeds it what the clients sent.
 The aggregated loss is ``L_S = sum_n (|B_n| / |B|) L_n`` over the clients present at
 the loss leg, so one backward pass gives exactly the gradient of the mean loss over the
-concatenated batch, and a client that drops out leaves the aggregate.
+concatenated batch, and a client that drops out leaves the aggregate. With ``precision``
+(:mod:`mpsl_flwr.precision`) the forward pass and the loss run under bf16 autocast; the
+weights, their optimizer and everything sent to the clients stay fp32.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mpsl_flwr.models.server import ServerModel
+from mpsl_flwr.precision import autocast
 from mpsl_flwr.tasks import Task
 
 
@@ -32,8 +35,10 @@ class SplitServer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         task: Task,
         device: torch.device,
+        precision: torch.dtype | None = None,
     ) -> None:
         self.model = model.to(device)
+        self.precision = precision
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.task = task
@@ -64,7 +69,9 @@ class SplitServer:
             .requires_grad_(True)
             for s in self.model.streams
         }
-        self._output = self.model(self._inputs)
+        with autocast(self.device, self.precision):
+            # fp32 for the clients and the backward's seed (a no-op without autocast).
+            self._output = self.model(self._inputs).float()
         return {cid: self._output[sl].detach().cpu() for cid, sl in self._slices.items()}
 
     def backward_from_client_grads(
@@ -90,7 +97,8 @@ class SplitServer:
 
     def backward_from_server_loss(self) -> tuple[dict[int, dict[str, Tensor]], float, int]:
         """No labels needed (retrieval): the task's loss over the whole global batch, here."""
-        loss = self.task.loss(self._forwarded(), tail=self.model.tail)
+        with autocast(self.device, self.precision):
+            loss = self.task.loss(self._forwarded(), tail=self.model.tail)
         loss.backward()
         present = sorted(self._slices)
         total = self._slices[present[-1]].stop

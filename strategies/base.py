@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
@@ -39,6 +39,14 @@ class Runner(Protocol):
     ) -> Result:
         """Train; ``grid`` is None only for a strategy that needs none (centralized)."""
         ...
+
+
+@runtime_checkable
+class StepTimed(Protocol):
+    """A runner that times its steps: one row per step, taken (and emptied) by the
+    runner at each epoch's end and appended to the run's ``steps.jsonl``."""
+
+    step_times: list[dict[str, Any]]
 
 
 def require_grid(grid: Grid | None, strategy: str) -> Grid:

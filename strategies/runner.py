@@ -22,6 +22,7 @@ from mpsl_flwr.records import EpochRecord
 from mpsl_flwr.registry import strategy_spec
 from mpsl_flwr.results import RunRecorder, format_table
 from strategies import load_runner
+from strategies.base import StepTimed
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -81,6 +82,9 @@ def _dispatch(
         if recorder.summary.get("num-clients") is None:
             recorder.update(**{"num-clients": runner.num_clients})
         recorder.log_epoch(record)
+        if isinstance(runner, StepTimed):
+            recorder.log_steps(runner.step_times)
+            runner.step_times.clear()
         if record.samples_trained == 0:  # None: a strategy that does not count samples
             raise RuntimeError(
                 f"Epoch {record.epoch} trained no sample: every client was dropped or had "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,110 @@ def test_the_local_superlink_starts_the_patched_simulation(tmp_path: Path) -> No
     stock = simulation_superlink(tmp_path / "stock", replace_dead_actors=False).env
     assert shutil.which("flwr-simulation", path=stock["PATH"]) != wrapper
     assert flower_patches.REPLACE_DEAD_ACTORS_ENV not in stock
+
+
+# --- The source checks of every patch, and the simulation poll (issue 14) ---------------
+
+
+@pytest.mark.parametrize("env", sorted(flower_patches.PATCHED_SOURCES))
+def test_the_installed_flower_passes_every_source_check(env: str) -> None:
+    flower_patches.check_sources(env)
+
+
+def test_a_modified_flower_function_is_refused_naming_it(monkeypatch) -> None:
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop) -> None:  # not Flower's
+        f_stop.wait(1.0)
+
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", add_messages_to_queue)
+    with pytest.raises(RuntimeError) as err:
+        flower_patches.shorten_simulation_poll(0.01)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "vce_api:add_messages_to_queue" in message
+    assert flower_patches.SIMULATION_POLL_ENV in message and "unset" in message
+    assert vce_api.add_messages_to_queue is add_messages_to_queue  # nothing was patched
+
+
+def test_a_changed_actor_pool_method_is_refused(monkeypatch) -> None:
+    monkeypatch.setattr(BasicActorPool, "add_actor_back_to_pool", lambda self, future: None)
+    with pytest.raises(RuntimeError, match=r"BasicActorPool\.add_actor_back_to_pool"):
+        flower_patches.check_actor_pool()
+
+
+class _State:
+    """A LinkState with one message for node 1, handed out once."""
+
+    def __init__(self) -> None:
+        self.waiting = ["msg"]
+
+    def get_message_ins(self, node_id: int, limit: int) -> list[str]:
+        out, self.waiting = (self.waiting, []) if node_id == 1 else ([], self.waiting)
+        return out
+
+
+def test_the_simulation_poll_patch_changes_the_wait(monkeypatch) -> None:
+    import threading
+    from queue import Queue
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
+    flower_patches.shorten_simulation_poll(0.005)
+    pump = vce_api.add_messages_to_queue
+    assert pump.poll_interval == 0.005
+    flower_patches.check_sources(flower_patches.SIMULATION_POLL_ENV)  # wraps Flower's
+    flower_patches.shorten_simulation_poll(0.02)  # again: replaces, never stacks
+    assert vce_api.add_messages_to_queue.poll_interval == 0.02
+
+    waits: list[float] = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(float(timeout or 0))
+            if len(waits) == 3:
+                self.set()
+            return self.is_set()
+
+    queue: Queue[str] = Queue()
+    vce_api.add_messages_to_queue(_State(), queue, {1: 0, 2: 1}, Stop())
+    assert queue.get_nowait() == "msg" and queue.empty()
+    assert waits == [0.02] * 3  # Flower's loop waits 0.1 s per pass
+    with pytest.raises(ValueError, match=flower_patches.SIMULATION_POLL_ENV):
+        flower_patches.shorten_simulation_poll(0.5)
+
+
+def test_the_simulation_poll_backs_off_when_a_pass_is_slow(monkeypatch) -> None:
+    import threading
+    from queue import Queue
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    monkeypatch.setattr(vce_api, "add_messages_to_queue", vce_api.add_messages_to_queue)
+    flower_patches.shorten_simulation_poll(0.001)
+
+    class Slow(_State):
+        def get_message_ins(self, node_id: int, limit: int) -> list[str]:
+            time.sleep(0.01)
+            return []
+
+    waits: list[float] = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(float(timeout or 0))
+            self.set()
+            return True
+
+    vce_api.add_messages_to_queue(Slow(), Queue(), {1: 0, 2: 1}, Stop())
+    assert waits[0] >= flower_patches.SCAN_SHARE_FACTOR * 0.02
+
+
+def test_the_local_superlink_passes_the_simulation_poll(tmp_path: Path) -> None:
+    env = simulation_superlink(tmp_path / "home", simulation_poll=0.005).env
+    assert env[flower_patches.SIMULATION_POLL_ENV] == "0.005"
+    assert shutil.which("flwr-simulation", path=env["PATH"]) == str(
+        tmp_path / "home" / "bin" / "flwr-simulation"
+    )
+    assert flower_patches.SIMULATION_POLL_ENV not in simulation_superlink(tmp_path / "s").env

@@ -4,9 +4,11 @@ of :mod:`mpsl_flwr.ops.flower_patches`.
 Runs Flower's own ``flower-supernode`` (``flwr-serverapp``, ``flwr-simulation``) entry
 point after applying the patches that the environment asks for: ``MPSL_SUPERNODE_POLL``
 (cap of the SuperNode's idle poll, Flower 1.41: a fixed 3 s), ``MPSL_OBJECT_PULL_BACKOFF``
-(first retry of a message payload still being uploaded, Flower: 1 s) and
-``MPSL_REPLACE_DEAD_ACTORS`` (a simulation replaces a dead ClientApp actor). Refuses
-to start on a Flower other than 1.41.x. ``mpsl-deploy --node-poll S`` / ``--fast`` start
+(first retry of a message payload still being uploaded, Flower: 1 s),
+``MPSL_REPLACE_DEAD_ACTORS`` (a simulation replaces a dead ClientApp actor) and
+``MPSL_SIMULATION_POLL`` (a simulation's wait between passes over the nodes' inboxes,
+Flower: 0.1 s). Refuses to start where a patched Flower function's source is not the
+one the patch was written for (flwr 1.41.0/1.42.0). ``mpsl-deploy --node-poll S`` / ``--fast`` start
 SuperNodes this way; ``mpsl-run`` starts ``flwr-simulation`` this way, by the same
 ``PATH`` wrapper as the ServerApp below (a simulation's SuperExec starts
 ``flwr-simulation`` by name).

@@ -1,10 +1,11 @@
-"""Opt-in patches of Flower 1.41: two timing constants that dominate a deployed step, and
-the restart of a simulation's dead Ray actors.
+"""Opt-in patches of Flower 1.41/1.42: the timing constants that dominate a deployed and a
+simulated step, and the restart of a simulation's dead Ray actors.
 
-None has an option or environment variable in Flower 1.41; each is applied only when
-asked for (``mpsl-deploy --fast`` / ``--node-poll``; ``mpsl-run`` and the e2e tests for
-the restart), checks the installed Flower first, and refuses to apply to anything but
-1.41.x, so an upgrade fails loudly rather than silently changing behaviour.
+None has an option or environment variable in Flower; each is applied only when asked
+for (``mpsl-deploy --fast`` / ``--node-poll``; ``mpsl-run`` and the e2e tests for the
+restart; ``simulation_poll`` of the launcher), checks the source of the Flower functions
+it touches first, and refuses to apply to any other source, so an upgrade fails loudly
+rather than silently changing behaviour.
 
 1. **SuperNode idle poll.** ``flwr.supernode.start_client_internal`` sleeps a fixed 3 s
    after asking the SuperLink for a message and finding none, and 0.5 s between checks
@@ -45,17 +46,40 @@ the restart), checks the installed Flower first, and refuses to apply to anythin
    :mod:`mpsl_flwr.ops.launch` sets, starting that process through
    :mod:`mpsl_flwr.ops.fast_flower`.
 
-:func:`check_flwr_version` is the one check of the installed Flower against the 1.41
-internals that these patches and the warm executor rely on.
+4. **Simulation poll.** A simulation moves the ServerApp's messages to its Ray workers
+   in ``flwr.server.superlink.fleet.vce.vce_api.add_messages_to_queue``: one pass over
+   every node's inbox, then ``f_stop.wait(0.1)``, so every leg of a step waits up to
+   0.1 s before a ClientApp sees it. :func:`shorten_simulation_poll` replaces that loop
+   with the same pass and a shorter wait, never shorter than ``SCAN_SHARE_FACTOR`` times
+   the pass itself took, so that at many nodes (a pass scans the whole message store once
+   per node, under the state's lock) the scan takes at most a fifth of the thread's time
+   and cannot starve the ServerApp thread that shares the process (and the GIL). Applied
+   in the ``flwr-simulation`` process when its env has ``MPSL_SIMULATION_POLL`` (seconds),
+   which :func:`mpsl_flwr.ops.launch.simulation_superlink` sets when asked
+   (``simulation_poll``); ``run_api`` looks the loop up by name when it starts its
+   thread, after the patch is in.
+
+**What each patch is checked against.** Not Flower's version string: the source text of
+every Flower function a patch replaces or relies on (:data:`PATCHED_SOURCES`, sha256 of
+``inspect.getsource``), recorded from flwr 1.41.0 and byte-identical in 1.42.0. A
+patch refuses, in one line naming the function and what to do, to apply to any other
+source. :func:`check_flwr_version` remains for :mod:`mpsl_flwr.ops.warm_clientapp`,
+which relies on too many internals to list.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib
 import inspect
 import logging
 import os
+import threading
 import time
 import types
+from collections.abc import Callable
+from queue import Queue
 from typing import Any
 
 import flwr
@@ -68,33 +92,96 @@ OBJECT_PULL_BACKOFF_ENV = "MPSL_OBJECT_PULL_BACKOFF"
 REPLACE_DEAD_ACTORS_ENV = "MPSL_REPLACE_DEAD_ACTORS"
 
 
+SIMULATION_POLL_ENV = "MPSL_SIMULATION_POLL"
+SCAN_SHARE_FACTOR = 4.0
+"""The patched simulation poll waits at least this many times as long as its last pass
+over the nodes took: the pass uses at most 1 / (1 + this) of the thread's time."""
+
+PATCHED_SOURCES: dict[str, dict[str, str]] = {
+    SUPERNODE_POLL_ENV: {
+        "flwr.supernode.start_client_internal:start_client_internal": (
+            "9e89a6eb68fbec6821e817cd2c09f7894fc7b0f5725c2365b19a7122307f11f3"
+        ),
+        "flwr.supernode.start_client_internal:_push_messages": (
+            "00bb86faffdec114db87e7f716af2acd901d12284e44f51f5c2a84704db05f64"
+        ),
+    },
+    OBJECT_PULL_BACKOFF_ENV: {
+        "flwr.supercore.inflatable.inflatable_utils:pull_objects": (
+            "31bb2de46b450e6acfadb7a8bb15e3f2074bb112199826a40a5eaa648bad5b2b"
+        ),
+        "flwr.supercore.inflatable.inflatable_utils:pull_and_inflate_object_from_tree": (
+            "139811483a15e4a6c1f8523614c12f28dd3049194e5713816be0931387adb1cf"
+        ),
+    },
+    REPLACE_DEAD_ACTORS_ENV: {
+        "flwr.simulation.ray_transport.ray_actor:"
+        "BasicActorPool.fetch_result_and_return_actor_to_pool": (
+            "4e9babbe276dedd796dea84d4b55d84d638300152602c4624ff7e9796a07a24a"
+        ),
+        "flwr.simulation.ray_transport.ray_actor:BasicActorPool.add_actor_back_to_pool": (
+            "e88f89e6e878f4ce106cf1ef59b4aec3f50882ce408d6df0ab7e1953cf375d96"
+        ),
+        "flwr.server.superlink.fleet.vce.backend.raybackend:RayBackend.process_message": (
+            "32a5db14180222d31bb6d622529f0cccab652d4f6c35fd137560240da84010b7"
+        ),
+    },
+    SIMULATION_POLL_ENV: {
+        "flwr.server.superlink.fleet.vce.vce_api:add_messages_to_queue": (
+            "953f4bd41a931a7779a4a670ab17b633f6e20b08a0128535328674466419777a"
+        ),
+        "flwr.server.superlink.fleet.vce.vce_api:run_api": (
+            "f85c0cd6e902752f455c00ab9c7212c1cd94a8c681fa9bf294ba967463390898"
+        ),
+    },
+}
+"""Per patch (by its environment variable): each Flower function (``module:qualname``)
+it replaces or relies on, and the sha256 of its source in flwr 1.41.0 and 1.42.0."""
+
+
 def check_flwr_version(what: str, instead: str) -> None:
-    """Raise unless the installed Flower is :data:`SUPPORTED_FLWR`: ``what`` (e.g. "The
-    SuperNode poll patch patches") relies on its internals; ``instead`` says what to do."""
+    """Raise unless the installed Flower is :data:`SUPPORTED_FLWR`: ``what`` (e.g.
+    "mpsl_flwr.ops.warm_clientapp relies on the internals of") needs it; ``instead``
+    says what to do. The patches check their functions' source instead
+    (:func:`check_sources`)."""
     if not flwr.__version__.startswith(SUPPORTED_FLWR):
         raise RuntimeError(
             f"{what} Flower {SUPPORTED_FLWR}x; this is flwr {flwr.__version__}. {instead}"
         )
 
 
-def _check_version(what: str) -> None:
-    check_flwr_version(
-        f"{what} patches",
-        f"Run without it (unset {SUPERNODE_POLL_ENV}/{OBJECT_PULL_BACKOFF_ENV}/"
-        f"{REPLACE_DEAD_ACTORS_ENV}, drop --fast/--node-poll).",
-    )
+def flower_object(name: str) -> Any:
+    """The Flower object ``module:qualname`` names (a function, a method)."""
+    module, _, qualname = name.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def source_digest(obj: Any) -> str:
+    """sha256 of ``obj``'s source text. ``inspect.getsource`` unwraps ``__wrapped__``,
+    so a function this module has already patched reads as the Flower one it wraps."""
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
+
+
+def check_sources(env: str) -> None:
+    """Raise, in one line, unless every Flower function that the patch ``env`` names
+    (:data:`PATCHED_SOURCES`) has exactly the source the patch was written for."""
+    for name, expected in PATCHED_SOURCES[env].items():
+        if source_digest(flower_object(name)) != expected:
+            raise RuntimeError(
+                f"{name} in flwr {flwr.__version__} is not the source the {env} patch was "
+                f"written for (flwr 1.41.0/1.42.0); unset {env} (drop --fast/--node-poll/"
+                "--simulation-poll) or update mpsl_flwr/ops/flower_patches.py for this Flower."
+            )
 
 
 def cap_supernode_sleeps(poll: float) -> None:
     """Cap every sleep of ``flwr.supernode.start_client_internal`` at ``poll`` seconds."""
     from flwr.supernode import start_client_internal as loop
 
-    _check_version("The SuperNode poll patch")
-    if "time.sleep(3)" not in inspect.getsource(loop):
-        raise RuntimeError(
-            "flwr.supernode.start_client_internal no longer sleeps 3 s between polls; "
-            "the patch does not apply. Start flower-supernode directly."
-        )
+    check_sources(SUPERNODE_POLL_ENV)
     if not 0.01 <= poll <= 3.0:
         raise ValueError(f"{SUPERNODE_POLL_ENV} must be between 0.01 and 3 s; got {poll}.")
     real_sleep = time.sleep
@@ -108,7 +195,7 @@ def shorten_object_pull_backoff(initial: float) -> None:
     """First retry of an unavailable object after ``initial`` s instead of 1 s."""
     from flwr.supercore.inflatable import inflatable_utils
 
-    _check_version("The object pull back-off patch")
+    check_sources(OBJECT_PULL_BACKOFF_ENV)
     if not 0.001 <= initial <= 1.0:
         raise ValueError(f"{OBJECT_PULL_BACKOFF_ENV} must be between 0.001 and 1 s.")
     # pull_objects: SuperNode and ServerApp grid; pull_and_inflate_object_from_tree: a
@@ -125,16 +212,7 @@ def shorten_object_pull_backoff(initial: float) -> None:
 
 def check_actor_pool() -> None:
     """Raise unless :func:`replace_dead_actors` applies to the installed Flower."""
-    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
-
-    _check_version("The Ray actor replacement patch")
-    fetch = inspect.getsource(BasicActorPool.fetch_result_and_return_actor_to_pool)
-    give_back = inspect.getsource(BasicActorPool.add_actor_back_to_pool)
-    if "add_actor_back_to_pool(future)" not in fetch or "_future_to_actor" not in give_back:
-        raise RuntimeError(
-            "flwr's BasicActorPool no longer returns an actor to the pool by its future; "
-            "the actor replacement patch does not apply."
-        )
+    check_sources(REPLACE_DEAD_ACTORS_ENV)
 
 
 def replace_dead_actors() -> None:
@@ -148,6 +226,7 @@ def replace_dead_actors() -> None:
     if getattr(fetch, "replaces_dead_actors", False):
         return
 
+    @functools.wraps(fetch)  # its source reads as Flower's (check_sources)
     def fetch_or_replace(pool: BasicActorPool, future: Any) -> tuple[Message, Context]:
         try:
             return fetch(pool, future)
@@ -164,6 +243,35 @@ def replace_dead_actors() -> None:
     BasicActorPool.fetch_result_and_return_actor_to_pool = fetch_or_replace  # type: ignore[method-assign,assignment]
 
 
+def shorten_simulation_poll(interval: float) -> None:
+    """A simulation hands messages to its workers every ``interval`` s, not 0.1 s (4.)."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    check_sources(SIMULATION_POLL_ENV)
+    if not 0.001 <= interval <= 0.1:
+        raise ValueError(f"{SIMULATION_POLL_ENV} must be between 0.001 and 0.1 s; got {interval}.")
+    stock = inspect.unwrap(vce_api.add_messages_to_queue)
+    vce_api.add_messages_to_queue = functools.wraps(stock)(_message_pump(interval))
+
+
+def _message_pump(interval: float) -> Callable[..., None]:
+    """``add_messages_to_queue`` of Flower 1.41 with the wait after each pass shortened
+    to ``interval``, or :data:`SCAN_SHARE_FACTOR` times the pass, whichever is longer."""
+
+    def add_messages_to_queue(
+        state: Any, queue: Queue[Any], nodes_mapping: dict[int, int], f_stop: threading.Event
+    ) -> None:
+        while not f_stop.is_set():
+            started = time.perf_counter()
+            for node_id in nodes_mapping:
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+            f_stop.wait(max(interval, SCAN_SHARE_FACTOR * (time.perf_counter() - started)))
+
+    add_messages_to_queue.poll_interval = interval  # type: ignore[attr-defined]
+    return add_messages_to_queue
+
+
 def apply_from_env() -> None:
     """Apply the patches that this process's environment asks for (none by default)."""
     if value := os.environ.get(OBJECT_PULL_BACKOFF_ENV):
@@ -171,6 +279,9 @@ def apply_from_env() -> None:
         log.info("Object pull back-off patched to %s s (%s)", value, OBJECT_PULL_BACKOFF_ENV)
     if value := os.environ.get(SUPERNODE_POLL_ENV):
         cap_supernode_sleeps(float(value))
+    if value := os.environ.get(SIMULATION_POLL_ENV):
+        shorten_simulation_poll(float(value))
+        log.info("Simulation poll patched to %s s (%s)", value, SIMULATION_POLL_ENV)
     if os.environ.get(REPLACE_DEAD_ACTORS_ENV) == "1":
         replace_dead_actors()
         log.info("Dead Ray ClientApp actors are replaced (%s)", REPLACE_DEAD_ACTORS_ENV)

@@ -50,41 +50,46 @@ HOME_PREFIX = "mpsl-flwr-home-"
 __all__ = ["flwr_run", "local_superlink", "main", "report", "simulation_superlink"]
 
 
-def simulation_superlink(flwr_home: Path, replace_dead_actors: bool = True) -> SuperLink:
+def simulation_superlink(
+    flwr_home: Path, replace_dead_actors: bool = True, simulation_poll: float | None = None
+) -> SuperLink:
     """A (not yet started) simulation SuperLink under ``flwr_home``.
 
     ``replace_dead_actors``: its simulations run through :mod:`mpsl_flwr.ops.fast_flower`
     with a ClientApp actor whose process died replaced by a new one
     (:func:`~mpsl_flwr.ops.flower_patches.replace_dead_actors`), so that a virtual client
     that kills its process loses its own message only, not those of the nodes that
-    share its Ray actor.
+    share its Ray actor. ``simulation_poll``: seconds the simulation waits between
+    passes over the nodes' inboxes (Flower: 0.1;
+    :func:`~mpsl_flwr.ops.flower_patches.shorten_simulation_poll`); None keeps Flower's.
     """
-    if not replace_dead_actors:
-        return SuperLink(flwr_home, simulation=True)
-    # The simulation process refuses to start if the patch does not apply, and Flower
+    settings: dict[str, str | None] = {}
+    # The simulation process refuses to start if a patch does not apply, and Flower
     # 1.41 does not notice: the run would wait for its timeout. Check here instead.
-    flower_patches.check_actor_pool()
+    if replace_dead_actors:
+        flower_patches.check_actor_pool()
+        settings[flower_patches.REPLACE_DEAD_ACTORS_ENV] = "1"
+    if simulation_poll is not None:
+        flower_patches.check_sources(flower_patches.SIMULATION_POLL_ENV)
+        settings[flower_patches.SIMULATION_POLL_ENV] = str(simulation_poll)
+    if not settings:
+        return SuperLink(flwr_home, simulation=True)
     wrapper = fast_flower.write_wrapper(flwr_home / "bin", "flwr-simulation")
-    return SuperLink(
-        flwr_home,
-        simulation=True,
-        settings={
-            flower_patches.REPLACE_DEAD_ACTORS_ENV: "1",
-            "PYTHONPATH": fast_flower.checkout_pythonpath(),
-        },
-        bin_dirs=(wrapper.parent,),
-    )
+    settings["PYTHONPATH"] = fast_flower.checkout_pythonpath()
+    return SuperLink(flwr_home, simulation=True, settings=settings, bin_dirs=(wrapper.parent,))
 
 
 @contextlib.contextmanager
 def local_superlink(
-    flwr_home: Path | None = None, replace_dead_actors: bool = True
+    flwr_home: Path | None = None,
+    replace_dead_actors: bool = True,
+    simulation_poll: float | None = None,
 ) -> Iterator[SuperLink]:
     """A private :func:`simulation_superlink`, started, for the ``with`` block."""
     with contextlib.ExitStack() as stack:
         if flwr_home is None:
             flwr_home = stack.enter_context(owned_temp_dir(HOME_PREFIX))
-        link = simulation_superlink(flwr_home, replace_dead_actors)
+        link = simulation_superlink(flwr_home, replace_dead_actors, simulation_poll)
         # The SuperLink runs in its own session: a SIGTERM that skipped ``finally`` would
         # leave it orphaned on its ports (a SIGKILL is its watchdog's business).
         with sigterm_raises_exit():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 
 from flwr.app import ArrayRecord, Message, RecordDict
@@ -23,11 +24,13 @@ from mpsl_flwr.config import RunConfig
 from mpsl_flwr.models.head import ClientHead
 from mpsl_flwr.models.split_model import trainable_state
 from mpsl_flwr.protocol import mpsl as P
-from mpsl_flwr.protocol.transport import Exchange, make_messages, reply_error
+from mpsl_flwr.protocol.compute_time import read_compute_time
+from mpsl_flwr.protocol.transport import Exchange, TrafficMeter, make_messages, reply_error
 from mpsl_flwr.records import EpochStats
 from strategies.discovery import message_ttl
 from strategies.mpsl.plan import Activations
 from strategies.mpsl.roster import Roster
+from strategies.mpsl.timing import LegTiming
 
 log = logging.getLogger("mpsl_flwr")
 
@@ -65,7 +68,11 @@ def tail_gradient_bound(classifier: nn.Module) -> float:
 
 
 class Legs:
-    """Sends the legs of a step to the nodes of the roster and reads their replies."""
+    """Sends the legs of a step to the nodes of the roster and reads their replies.
+
+    Every exchange is appended to ``timings`` (wall time, the bytes ``meter`` counted,
+    the nodes' reported compute); the strategy hands it a fresh list per step.
+    """
 
     def __init__(
         self,
@@ -74,6 +81,7 @@ class Legs:
         roster: Roster,
         stream_lengths: Mapping[str, int],
         width: int,
+        meter: TrafficMeter | None = None,
     ) -> None:
         self.cfg = cfg
         self.exchange = exchange
@@ -83,6 +91,8 @@ class Legs:
         self.limit = P.max_bytes(cfg.max_client_mb)
         self.max_abs = activation_bound(cfg, roster.head)
         self.wire_dtype = P.wire_dtype(cfg.activation_dtype)
+        self.meter = meter or TrafficMeter()
+        self.timings: list[LegTiming] = []
 
     def send(
         self,
@@ -112,10 +122,12 @@ class Legs:
                 group,
             )
             del contents[node_id]
+        started, before = time.perf_counter(), self.meter.totals()
         replies, missing = self.exchange(
             make_messages(contents, message_type, group, message_ttl(self.cfg)),
             self.cfg.step_timeout,
         )
+        self._time(message_type, started, before, replies)
         for node_id in missing:
             drop(
                 node_id,
@@ -133,6 +145,22 @@ class Legs:
                 continue
             ok[node_id] = reply
         return ok
+
+    def _time(
+        self, leg: str, started: float, before: tuple[int, int], replies: dict[int, Message]
+    ) -> None:
+        """Record one exchange in ``timings``."""
+        sent, received = self.meter.totals()
+        reported = (read_compute_time(r.content) for r in replies.values() if r.has_content())
+        self.timings.append(
+            LegTiming(
+                leg,
+                time.perf_counter() - started,
+                sent - before[0],
+                received - before[1],
+                [t for t in reported if t is not None],
+            )
+        )
 
     def _reject(
         self,

@@ -31,6 +31,7 @@ from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.node_registry import NodeRegistry
 from mpsl_flwr.optim import make_optimizer, make_scheduler, resolve_device
+from mpsl_flwr.precision import autocast_dtype
 from mpsl_flwr.progress import progress
 from mpsl_flwr.protocol.transport import Exchange, MeteredGrid, TrafficMeter
 from mpsl_flwr.records import EpochRecord, EpochStats
@@ -42,6 +43,7 @@ from strategies.mpsl import resume
 from strategies.mpsl.legs import Legs
 from strategies.mpsl.plan import StepPlan
 from strategies.mpsl.roster import Roster
+from strategies.mpsl.timing import StepTiming
 from strategies.reporting import EpochEndFn, EvaluateFn, report_epoch
 
 log = logging.getLogger("mpsl_flwr")
@@ -68,6 +70,8 @@ class MPSL:
         self.roster = Roster({}, self.head)
         self.meter = TrafficMeter()
         self._restore: dict[int, dict[str, object]] = {}  # cid -> state to hand back
+        # One steps.jsonl row per step (strategies.mpsl.timing), until the runner takes them.
+        self.step_times: list[dict[str, Any]] = []
 
     @property
     def clients(self) -> dict[int, ClientInfo]:
@@ -113,10 +117,20 @@ class MPSL:
         optimizer = make_optimizer(self.server_model.parameters(), self.cfg.optim)
         scheduler = make_scheduler(optimizer, self.cfg.optim, steps * self.cfg.epochs)
         self.server = SplitServer(
-            self.server_model, optimizer, scheduler, self.exp.task, self.device
+            self.server_model,
+            optimizer,
+            scheduler,
+            self.exp.task,
+            self.device,
+            autocast_dtype(self.cfg.server_precision, self.device),
         )
         self.legs = Legs(
-            self.cfg, self.exchange, self.roster, self.head.stream_lengths(), self.exp.spec.width
+            self.cfg,
+            self.exchange,
+            self.roster,
+            self.head.stream_lengths(),
+            self.exp.spec.width,
+            self.meter,
         )
         first_epoch = 0
         if checkpointing is not None and checkpointing.resume:
@@ -199,7 +213,16 @@ class MPSL:
         return stats, plan
 
     def step(self, plan: StepPlan, stats: EpochStats) -> None:
-        """One MPSL step, in the order of the paper."""
+        """One MPSL step (:meth:`_step`), timed into :attr:`step_times`."""
+        timing = StepTiming(plan.epoch + 1, plan.step)
+        self.legs.timings = timing.legs
+        started = time.perf_counter()
+        self._step(plan, stats, timing)
+        timing.wall_s = time.perf_counter() - started
+        self.step_times.append(timing.to_row())
+
+    def _step(self, plan: StepPlan, stats: EpochStats, timing: StepTiming) -> None:
+        """One MPSL step, in the order of the paper; the server's compute in ``timing``."""
         batches = self._present(plan.due(), stats)
         # 1. Client forward: activations prefetched with the last backward reply, or asked.
         acts = plan.take_prefetched(batches, void=self.roster.take_moved())
@@ -210,17 +233,23 @@ class MPSL:
             return
         stats.clients_per_step.append(len(acts))
         # 2. Concatenate and run body + tail once over the global batch.
+        computing = time.perf_counter()
         outputs = self.server.forward(dict(sorted(acts.items())))
+        timing.server_s += time.perf_counter() - computing
         lr = self.server.lr
         # 3-4. Loss leg (dL_n/dz_n from each client's labels), one backward over the
         # |B_n|/|B|-weighted loss; retrieval computes its loss here (no labels).
         if self.exp.task.labels_on_client:
             grads = self.legs.loss({c: batches[c] for c in acts}, outputs, lr, plan.group, stats)
-            cut, _ = self.server.backward_from_client_grads(grads)
+            computing = time.perf_counter()
+            cut, total = self.server.backward_from_client_grads(grads)
         else:
+            computing = time.perf_counter()
             cut, loss, total = self.server.backward_from_server_loss()
             stats.loss_sum += loss * total
             stats.samples += total
+        timing.server_s += time.perf_counter() - computing
+        timing.samples = total
         # 5. Cut-layer gradients back; the replies prefetch the next batch's activations.
         trained = {cid: batches[cid] for cid in cut}
         plan.advance(trained)
