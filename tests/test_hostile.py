@@ -265,6 +265,53 @@ def test_a_bad_step_reply_is_rejected_named_and_leaves_the_server_untouched(tiny
     assert_identical(out.server_before, out.server_after)
 
 
+def _relabel(dtype: str) -> Callable[[Array], Array]:
+    """The same payload bytes behind a header that declares ``dtype``."""
+    return lambda a: Array(dtype, tuple(a.shape), a.stype, a.data)
+
+
+def _bf16_bits(change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Array], Array]:
+    """Rewrite a bfloat16 Array's bit patterns (uint16) with ``change``."""
+    return lambda a: Array(
+        "bfloat16", tuple(a.shape), a.stype, Array(change(a.numpy().copy())).data
+    )
+
+
+# A bfloat16 run: the payload is checked as strictly as in float32 (after its bit
+# patterns are read back as values: a bfloat16 can hold 1e30, which float16 cannot).
+BF16_ATTACKS = {
+    "header-vs-payload": (_arrays(ACT, _header_disagrees), "payload"),
+    "claims-float16": (_arrays(ACT, _relabel("float16")), "payload holds uint16"),
+    "claims-float32": (_arrays(ACT, _relabel("float32")), "payload holds uint16"),
+    "more-rows": (_arrays(ACT, _rows(2)), "payload"),
+    "nan-bits": (_arrays(ACT, _bf16_bits(lambda u: np.full_like(u, 0x7FC0))), "NaN or Inf"),
+    "inf-bits": (_arrays(ACT, _bf16_bits(lambda u: np.full_like(u, 0xFF80))), "NaN or Inf"),
+    "1e30": (  # 0x7149 is the bfloat16 of about 1e30
+        _arrays(ACT, _bf16_bits(lambda u: np.full_like(u, 0x7149))),
+        "max-abs-activation",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", list(BF16_ATTACKS))
+def test_a_bad_bfloat16_payload_is_rejected_and_leaves_the_server_untouched(tiny, caplog, attack):
+    tamper, problem = BF16_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(tiny, P.FORWARD, tamper, activation_dtype="bfloat16")
+    warning = next(r.getMessage() for r in caplog.records if "sent bad" in r.getMessage())
+    assert "Client 0 (node 1000) sent bad activations" in warning and problem in warning
+    assert out.rows[0]["samples-trained"] == 0
+    assert_identical(out.server_before, out.server_after)
+
+
+def test_an_honest_bfloat16_run_passes_the_gate_and_trains(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(tiny, "none", lambda content: None, activation_dtype="bfloat16")
+    assert "sent bad" not in caplog.text
+    assert out.rows[0]["samples-trained"] == 16
+    assert any(not torch.equal(out.server_after[k], v) for k, v in out.server_before.items())
+
+
 def test_other_clients_still_train_when_one_sends_huge_activations(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
         out = run_with(

@@ -42,12 +42,13 @@ def test_mpsl_traffic_matches_the_analytic_size(tiny, fusion):
     assert rows[0]["mb-down-per-client"] == pytest.approx(expected, rel=0.02)
 
 
-def test_float16_activations_halve_the_cut_layer_traffic(tiny):
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_activations_halve_the_cut_layer_traffic(tiny, dtype):
     base = dict(
         dirichlet_alpha=1000.0, checkpoint_every=0, encoder_depth=1, synthetic_train_size=192
     )
     _, head, rows32 = mpsl_rows(tiny(**base))
-    _, _, rows16 = mpsl_rows(tiny(**base, activation_dtype="float16"))
+    _, _, rows16 = mpsl_rows(tiny(**base, activation_dtype=dtype))
     head_mb = count_trainable(head) * 4 / 1e6
     for way in ("up", "down"):
         cut32 = rows32[0][f"mb-{way}-per-client"] - head_mb

@@ -45,9 +45,12 @@ from mpsl_flwr.protocol.gate import (
     checked_arrays,
     checking,
     count_value,
+    decode_array,
     loss_value,
     typed_record,
 )
+from mpsl_flwr.protocol.packing import WIRE_DTYPES as WIRE_TORCH_DTYPES
+from mpsl_flwr.protocol.packing import pack
 from mpsl_flwr.state import from_array_record, to_array_record
 
 __all__ = ["WIRE_DTYPES", "PayloadError"]  # re-exported: the leg codecs' vocabulary
@@ -113,9 +116,10 @@ def step_of(group_id: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def wire_dtype(activation_dtype: str) -> torch.dtype | None:
-    """The dtype cut-layer tensors travel in (None: as computed, float32)."""
-    return torch.float16 if activation_dtype == "float16" else None
+def wire_dtype(activation_dtype: str) -> torch.dtype:
+    """The dtype cut-layer tensors (activations up, their gradients down) travel in
+    (``activation-dtype``; bfloat16 as its bit patterns, :mod:`~mpsl_flwr.protocol.packing`)."""
+    return WIRE_TORCH_DTYPES[activation_dtype]
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,7 @@ def put_activations(
     reply: RecordDict, cid: int, acts: Mapping[str, Tensor], dtype: torch.dtype | None
 ) -> None:
     """Client: client ``cid``'s cut-layer activations (the reply of forward and backward)."""
-    reply[act_key(cid)] = to_array_record(dict(acts), dtype)
+    reply[act_key(cid)] = pack({cid: acts}, dtype)
     reply[stats_key(cid)] = MetricRecord({"num-examples": next(iter(acts.values())).shape[0]})
 
 
@@ -386,7 +390,7 @@ def backward_request(
     }
     content = RecordDict({CONFIG: ConfigRecord(config)})
     for cid in sorted(plans):
-        content[cut_key(cid)] = to_array_record(dict(cut[cid]), dtype)
+        content[cut_key(cid)] = pack({cid: cut[cid]}, dtype)
     return content
 
 
@@ -398,14 +402,17 @@ def read_backward_request(content: RecordDict) -> BackwardRequest:
         lr=float(config["lr"]),  # type: ignore[arg-type]
         plans=plans,
         next_plans=read_plans(config, prefix="next-"),
-        cut={
-            cid: from_array_record(content[cut_key(cid)], dtype=torch.float32)  # type: ignore[arg-type]
-            for cid in plans
-        },
+        cut={cid: _as_sent(typed_record(content, cut_key(cid), ArrayRecord)) for cid in plans},
     )
 
 
 # The reply: the next batch's activations (put_activations / read_activations).
+
+
+def _as_sent(record: ArrayRecord) -> dict[str, Tensor]:
+    """Client: a record of the server's as float32 tensors of the shapes it declares (the
+    gate's decoding, so a bfloat16 or float16 payload reads exactly as it was written)."""
+    return {name: decode_array(name, a, tuple(a.shape)) for name, a in record.items()}
 
 
 # ------------------------------------------------------------------ query.head, query.state
