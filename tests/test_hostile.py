@@ -184,7 +184,7 @@ def _start_with_fault(cfg, grid: LocalGrid, fault, caplog) -> tuple[MPSL, list]:
     return mpsl, rows
 
 
-ACT, GRAD, STATS = P.act_key(0), P.grad_key(0), P.stats_key(0)
+ACT, GRAD, STATS = P.ACT, P.GRAD, P.STATS
 
 # (leg, tamper, what the warning says after "sent bad", the problem it names)
 STEP_ATTACKS = {
@@ -209,14 +209,15 @@ STEP_ATTACKS = {
         "payload",
     ),
     "act-unknown-stype": (P.FORWARD, _arrays(ACT, _unknown_stype), "activations", "stype"),
-    "loss-without-stats": (P.LOSS, _delete(STATS), "statistics", "no 'stats.0'"),
+    "loss-without-stats": (P.LOSS, _delete(STATS), "statistics", "no 'stats'"),
     "loss-num-examples-nan": (
         P.LOSS,
-        _stats(STATS, num_examples=float("nan")),
+        _stats(STATS, num_examples=[float("nan")]),
         "statistics",
         "num-examples",
     ),
-    "loss-as-list": (P.LOSS, _stats(STATS, loss=[1.0, 2.0]), "statistics", "'loss'"),
+    "loss-not-a-list": (P.LOSS, _stats(STATS, loss=1.0), "statistics", "'loss'"),
+    "loss-list-too-long": (P.LOSS, _stats(STATS, loss=[1.0, 2.0]), "statistics", "'loss'"),
     "act-stats-as-configrecord": (
         P.FORWARD,
         _replace(STATS, ConfigRecord({"num-examples": 16})),
@@ -232,18 +233,18 @@ STEP_ATTACKS = {
     "act-1e30": (P.FORWARD, _values(ACT, lambda a: a * 1e30), "activations", "max-abs-activation"),
     "grad-1e3": (P.LOSS, _values(GRAD, lambda a: a * 1e3), "output gradient", "exceeds"),
     # 5. Lying statistics.
-    "loss-correct-too-many": (P.LOSS, _stats(STATS, correct=93750), "statistics", "'correct'"),
-    "loss-negative": (P.LOSS, _stats(STATS, loss=-7e9), "statistics", "'loss'"),
-    "loss-infinite": (P.LOSS, _stats(STATS, loss=float("inf")), "statistics", "'loss'"),
+    "loss-correct-too-many": (P.LOSS, _stats(STATS, correct=[93750]), "statistics", "'correct'"),
+    "loss-negative": (P.LOSS, _stats(STATS, loss=[-7e9]), "statistics", "'loss'"),
+    "loss-infinite": (P.LOSS, _stats(STATS, loss=[float("inf")]), "statistics", "'loss'"),
     "loss-num-examples-lie": (
         P.LOSS,
-        _stats(STATS, num_examples=1000),
+        _stats(STATS, num_examples=[1000]),
         "statistics",
         "num-examples",
     ),
     "act-num-examples-lie": (
         P.FORWARD,
-        _stats(STATS, num_examples=1000),
+        _stats(STATS, num_examples=[1000]),
         "statistics",
         "num-examples",
     ),
@@ -314,9 +315,7 @@ def test_an_honest_bfloat16_run_passes_the_gate_and_trains(tiny, caplog):
 
 def test_other_clients_still_train_when_one_sends_huge_activations(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        out = run_with(
-            tiny, P.FORWARD, _values(P.act_key(1), lambda a: a * 1e30), nodes=3, bad_node=1001
-        )
+        out = run_with(tiny, P.FORWARD, _values(P.ACT, lambda a: a * 1e30), nodes=3, bad_node=1001)
     assert "Client 1 (node 1001) sent bad activations" in caplog.text
     assert 0 < out.rows[0]["samples-trained"] < 96
     assert all(torch.isfinite(v).all() for v in out.server_after.values())
@@ -479,8 +478,8 @@ def test_an_epoch_that_trained_nothing_fails_the_run(tiny, tmp_path):
     grid = LocalGrid(client_app, 1, cfg.to_mapping())
 
     def poison(node_id: int, reply: Message) -> Message:
-        if reply.has_content() and P.act_key(0) in reply.content:
-            _values(P.act_key(0), lambda a: a * np.nan)(reply.content)
+        if reply.has_content() and P.ACT in reply.content:
+            _values(P.ACT, lambda a: a * np.nan)(reply.content)
         return reply
 
     grid.reply_fault = poison

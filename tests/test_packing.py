@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from mpsl_flwr.protocol.gate import PayloadError, checked_arrays, decode_array
-from mpsl_flwr.protocol.packing import WIRE_DTYPES, encode
+from mpsl_flwr.protocol import mpsl as P
+from mpsl_flwr.protocol.gate import PayloadError, checked_arrays, decode_array, packed_index
+from mpsl_flwr.protocol.packing import WIRE_DTYPES, encode, pack, unpack
 
 LIMIT = 10**8
 
@@ -102,3 +103,130 @@ def test_every_wire_dtype_round_trips_what_it_can_hold(name):
     array = encode([x])
     assert array.dtype == name
     assert torch.equal(decode_array("x", array, (4, 3, 8)), x.float())
+
+
+# ------------------------------------------------------------------ packing
+def _acts(rows: dict[int, int], dtype=torch.float32) -> dict[int, dict[str, torch.Tensor]]:
+    """Distinct values per client and stream (``image`` [r, 5, 8], ``text`` [r, 3, 8])."""
+    g = torch.Generator().manual_seed(3)
+    return {
+        cid: {"image": torch.randn(n, 5, 8, generator=g), "text": torch.randn(n, 3, 8, generator=g)}
+        for cid, n in rows.items()
+    }
+
+
+def test_pack_is_one_array_per_stream_in_client_order_and_unpacks_to_views():
+    acts = _acts({7: 3, 2: 1, 4: 5})  # any dict order: packed in ascending client id
+    record = pack(acts)
+    assert set(record) == {"image", "text"}
+    assert tuple(record["image"].shape) == (9, 5, 8) and tuple(record["text"].shape) == (9, 3, 8)
+    tensors = {name: decode_array(name, a, tuple(a.shape)) for name, a in record.items()}
+    back = unpack(tensors, {2: 1, 4: 5, 7: 3})
+    assert list(back) == [2, 4, 7]
+    for cid, streams in acts.items():
+        for name, t in streams.items():
+            assert torch.equal(back[cid][name], t), (cid, name)
+            assert back[cid][name].untyped_storage().data_ptr() == (
+                tensors[name].untyped_storage().data_ptr()
+            )  # a view of the one decoded tensor, no copy
+
+
+@pytest.mark.parametrize("name", list(WIRE_DTYPES))
+def test_pack_casts_every_client_to_the_wire_dtype(name):
+    acts = _acts({0: 2, 1: 3})
+    record = pack(acts, WIRE_DTYPES[name])
+    assert {a.dtype for a in record.values()} == {name}
+    tensors = {n: decode_array(n, a, tuple(a.shape)) for n, a in record.items()}
+    for cid, streams in unpack(tensors, {0: 2, 1: 3}).items():
+        for stream, t in streams.items():
+            assert torch.equal(t, acts[cid][stream].to(WIRE_DTYPES[name]).float())
+
+
+PLANNED = {0: 2, 1: 3, 5: 4}
+
+
+@pytest.mark.parametrize(
+    ("index", "problem"),
+    [
+        ({"clients": [1, 0], "num-examples": [3, 2]}, "ascending"),  # out of order
+        ({"clients": [0, 0], "num-examples": [2, 2]}, "distinct"),  # twice
+        ({"clients": [0, 9], "num-examples": [2, 4]}, "of the plan"),  # not planned
+        ({"clients": [0, 1], "num-examples": [3, 2]}, "'num-examples' of client 0 is 3"),  # shifted
+        ({"clients": [0, 1], "num-examples": [2]}, "a list of 2 entries"),  # short index
+        ({"clients": [0, 1], "num-examples": 5}, "a list of 2 entries"),  # not a list
+        ({"clients": 0, "num-examples": [2]}, "list of integers"),
+        ({"num-examples": [2]}, "'clients' is None"),
+    ],
+    ids=[
+        "out-of-order",
+        "duplicate",
+        "not-planned",
+        "offsets-shifted",
+        "short-index",
+        "rows-not-a-list",
+        "clients-not-a-list",
+        "no-clients",
+    ],
+)
+def test_a_bad_index_is_refused(index, problem):
+    with pytest.raises(PayloadError, match=problem):
+        packed_index(MetricRecord(index), PLANNED)
+
+
+def test_a_good_index_names_each_listed_clients_rows():
+    index = MetricRecord({"clients": [0, 5], "num-examples": [2, 4]})
+    assert packed_index(index, PLANNED) == {0: 2, 5: 4}  # client 1 sent nothing: sits out
+
+
+# ------------------------------------------------------------------ a packed reply through the gate
+def _reply(rows: dict[int, int], dtype=torch.float32) -> tuple[RecordDict, dict]:
+    acts = _acts(rows)
+    reply = RecordDict()
+    P.put_activations(reply, acts, dtype)
+    return reply, acts
+
+
+def _read(reply: RecordDict, planned: dict[int, int], limit: int = LIMIT, max_abs=100.0):
+    plans = {c: P.BatchPlan(0, 0, n) for c, n in planned.items()}
+    return P.read_activations(reply, plans, {"image": 5, "text": 3}, 8, limit, max_abs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_reply_reads_back_per_client(dtype):
+    reply, acts = _reply({0: 2, 5: 4}, dtype)
+    assert set(reply) == {"act", "stats"}  # one record of arrays for the node, one index
+    got, rejected = _read(reply, PLANNED)
+    assert rejected == [] and list(got) == [0, 5]  # client 1 had no data: sits out
+    for cid, streams in acts.items():
+        for name, t in streams.items():
+            assert torch.equal(got[cid][name], t.to(dtype).float())
+
+
+def test_bad_values_drop_only_their_client_a_bad_whole_drops_the_node():
+    reply, _ = _reply({0: 2, 1: 3})
+    record = reply["act"]
+    image = record["image"].numpy().copy()
+    image[2, 0, 0] = np.nan  # the first row of client 1
+    reply["act"] = ArrayRecord({"image": Array(image), "text": record["text"]})
+    got, rejected = _read(reply, {0: 2, 1: 3})
+    assert list(got) == [0] and [(r.cid, "NaN or Inf" in r.problem) for r in rejected] == [
+        (1, True)
+    ]
+    # One byte short: nothing of the payload can be placed, every planned client is out.
+    reply["act"] = ArrayRecord(
+        {
+            "image": Array("float32", (5, 5, 8), "numpy.ndarray", Array(image).data[:-1]),
+            "text": record["text"],
+        }
+    )
+    got, rejected = _read(reply, {0: 2, 1: 3})
+    assert got == {} and [r.cid for r in rejected] == [0, 1]
+    assert all("payload" in r.problem for r in rejected)
+
+
+def test_the_size_limit_is_per_client_listed():
+    reply, _ = _reply({0: 2, 1: 3})
+    size = reply["act"].count_bytes()
+    assert _read(reply, {0: 2, 1: 3}, limit=size // 2 + 1)[1] == []
+    _, rejected = _read(reply, {0: 2, 1: 3}, limit=size // 2 - 1)
+    assert [r.cid for r in rejected] == [0, 1] and "exceeds max-client-mb" in rejected[0].problem
