@@ -13,8 +13,11 @@ rows than planned), 4 (huge values) and 6 (lying statistics) in
 checkpointed state in ``test_a_bad_client_state_is_left_out_of_the_checkpoint``; 3
 (heads) in ``test_a_bad_head_is_left_out_of_the_average``; 5 (identity) and 6
 (discovery) in the discovery and registry tests below; runs that trained nothing in
-``test_an_epoch_that_trained_nothing_fails_the_run``. Item 7 (a virtual client that
-kills its process) needs a real Ray simulation:
+``test_an_epoch_that_trained_nothing_fails_the_run``. The packed form of issue 14 (one
+array per stream for all clients of a node, an index checked against the plan) in
+``test_a_bad_packed_reply_drops_its_clients_and_only_them``, bfloat16 payloads in
+``test_a_bad_bfloat16_payload_is_rejected_and_leaves_the_server_untouched``. Item 7 (a
+virtual client that kills its process) needs a real Ray simulation:
 ``tests/test_e2e.py::test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down``.
 Item 8 (deployment access) needs real SuperLink, nginx and SuperNode processes:
 ``tests/test_deploy.py::test_tls_auth_deployment_runs_mpsl_and_refuses_unregistered_nodes``.
@@ -134,9 +137,15 @@ def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def run_with(
-    tiny, leg: str, tamper: Tamper, nodes: int = 1, bad_node: int = 1000, **overrides
+    tiny,
+    leg: str | tuple[str, ...],
+    tamper: Tamper,
+    nodes: int = 1,
+    bad_node: int = 1000,
+    **overrides,
 ) -> Outcome:
-    """``nodes`` nodes; node ``bad_node``'s replies to ``leg`` go through ``tamper``.
+    """``nodes`` nodes; node ``bad_node``'s replies to ``leg`` (or to any of several legs)
+    go through ``tamper``.
 
     With one node (the default) one step covers the whole epoch (batch >= data), so the
     bad reply is the only one of its leg and must leave the server untouched.
@@ -152,7 +161,8 @@ def run_with(
     grid = LocalGrid(client_app, nodes, cfg.to_mapping())
 
     def reply_fault(node_id: int, reply: Message) -> Message:
-        if node_id == bad_node and reply.has_content() and reply.metadata.message_type == leg:
+        legs = (leg,) if isinstance(leg, str) else leg
+        if node_id == bad_node and reply.has_content() and reply.metadata.message_type in legs:
             tamper(reply.content)
         return reply
 
@@ -327,6 +337,141 @@ def test_the_happy_path_passes_the_gate(tiny, caplog):
     assert "sent bad" not in caplog.text
     assert out.rows[0]["dropped-client-steps"] == 0
     assert out.rows[0]["samples-trained"] == 96
+
+
+# ------------------------------------------------------------------ packed payloads
+# Two nodes of two clients each: node 1000 packs clients 0 and 1 into one array per
+# stream. Every check applies to the packed form; what is malformed as a whole drops
+# both of its clients, a bad value only its own (issue 14).
+ACT_LEGS = (P.FORWARD, P.BACKWARD)  # activations come back in both (prefetch)
+
+
+def _restat(change: Callable[[dict], None]) -> Tamper:
+    """Rewrite the index/statistics of a reply with ``change`` (on a dict of lists)."""
+
+    def tamper(content: RecordDict) -> None:
+        values = {k: list(v) for k, v in content[STATS].items()}  # type: ignore[union-attr, arg-type]
+        change(values)
+        content[STATS] = MetricRecord(values)  # type: ignore[arg-type]
+
+    return tamper
+
+
+def _shift_offsets(values: dict) -> None:
+    """Move a row from the second client to the first (same total: only the offsets lie)."""
+    rows = values["num-examples"]
+    rows[0] += 1
+    if len(rows) > 1:
+        rows[1] -= 1
+
+
+def _of_client(key: str, cid: int, change: Callable[[np.ndarray], np.ndarray]) -> Tamper:
+    """Rewrite only client ``cid``'s rows of the packed record ``key``, where listed."""
+
+    def tamper(content: RecordDict) -> None:
+        clients = list(content[STATS]["clients"])  # type: ignore[arg-type]
+        if cid not in clients:
+            return
+        rows = list(content[STATS]["num-examples"])  # type: ignore[arg-type]
+        start = sum(rows[: clients.index(cid)])
+        stop = start + rows[clients.index(cid)]
+
+        def edit(values: np.ndarray) -> np.ndarray:
+            values[start:stop] = change(values[start:stop])
+            return values
+
+        _values(key, edit)(content)
+
+    return tamper
+
+
+def _tile_past(nbytes: float) -> Callable[[np.ndarray], np.ndarray]:
+    """More tokens than planned, until the payload holds more than ``nbytes``."""
+    return lambda a: np.tile(a, (1, int(np.ceil(nbytes / a.nbytes))) + (1,) * (a.ndim - 2))
+
+
+def _loss_of_client_1(values: dict) -> None:
+    if 1 in values["clients"]:
+        values["loss"][values["clients"].index(1)] = -1.0
+
+
+BOTH, ONE = {0, 1}, {1}
+# (legs, tamper, what the warning says after "sent bad", the problem, who is dropped)
+PACKED_ATTACKS = {
+    "act-clients-out-of-order": (
+        ACT_LEGS,
+        _restat(
+            lambda v: v["clients"].reverse() if len(v["clients"]) > 1 else v.update(clients=[7])
+        ),
+        "statistics",
+        "'clients'",
+        BOTH,
+    ),
+    "act-offsets-not-the-plan": (
+        ACT_LEGS,
+        _restat(_shift_offsets),
+        "statistics",
+        "num-examples",
+        BOTH,
+    ),
+    "act-short-payload": (ACT_LEGS, _arrays(ACT, _rows(0.5)), "activations", "payload", BOTH),
+    "act-wrong-dtype": (
+        ACT_LEGS,
+        _values(ACT, lambda a: a.astype(np.float64)),
+        "activations",
+        "has dtype float64",
+        BOTH,
+    ),
+    "act-too-large": (
+        ACT_LEGS,
+        _values(ACT, _tile_past(2.5e6)),
+        "activations",
+        "max-client-mb",
+        BOTH,
+    ),
+    "act-nan-in-one-client": (
+        ACT_LEGS,
+        _of_client(ACT, 1, lambda a: a * np.nan),
+        "activations",
+        "NaN or Inf",
+        ONE,
+    ),
+    "grad-offsets-not-the-plan": (
+        P.LOSS,
+        _restat(_shift_offsets),
+        "statistics",
+        "num-examples",
+        BOTH,
+    ),
+    "loss-negative-for-one-client": (
+        P.LOSS,
+        _restat(_loss_of_client_1),
+        "statistics",
+        "'loss' of client 1",
+        ONE,
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", list(PACKED_ATTACKS))
+def test_a_bad_packed_reply_drops_its_clients_and_only_them(tiny, caplog, attack):
+    legs, tamper, what, problem, dropped = PACKED_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(
+            tiny,
+            legs,
+            lambda content: tamper(content) if STATS in content else None,  # a payload
+            nodes=2,
+            clients_per_node=2,
+            max_client_mb=1.0,
+        )
+    warnings = [r.getMessage() for r in caplog.records if "sent bad" in r.getMessage()]
+    named = {int(w.split()[1]) for w in warnings}
+    assert named == dropped, warnings
+    assert all("(node 1000)" in w and what in w and problem in w for w in warnings), warnings
+    sizes = {cid: c.num_examples for cid, c in out.mpsl.clients.items()}
+    assert out.rows[0]["samples-trained"] == sum(n for c, n in sizes.items() if c not in dropped)
+    assert all(torch.isfinite(v).all() for v in out.server_after.values())
 
 
 # ------------------------------------------------------------------ 3. heads
