@@ -365,11 +365,11 @@ def put_loss(reply: RecordDict, results: Mapping[int, LossResult]) -> None:
     if not results:
         return
     cids = sorted(results)
-    reply[GRAD] = pack({cid: {OUTPUT: results[cid].grad} for cid in cids})
+    grads = {cid: {OUTPUT: results[cid].grad} for cid in cids}
+    reply[GRAD] = pack(grads)
     reply[STATS] = MetricRecord(
         {
-            "clients": cids,
-            "num-examples": [results[c].num_examples for c in cids],
+            **_index(grads),
             "loss": [float(results[c].loss) for c in cids],
             "correct": [results[c].correct for c in cids],
         }
