@@ -34,8 +34,10 @@ per-client tensors          (separate arrays)                          0: ``torc
 
 So a tensor crosses in 2 copies (write, read) instead of 3-5: per leg and direction,
 client -> server 3 (fp32) or 4 (fp16) before, 2 now; server -> client 3 (fp32) or 5
-(fp16) before, 2 now. Not counted: Flower's own serialisation of the message (protobuf,
-chunks) and the server's ``torch.cat`` of all nodes' clients into one global batch.
+(fp16) before, 2 now. On a GPU server the write also does the device-to-host transfer
+(before: ``.cpu()``, one more). Not counted: Flower's own serialisation of the message
+(protobuf, chunks; its ``Array.inflate`` copies the bytes once more) and the server's
+``torch.cat`` of all nodes' clients into one global batch.
 """
 
 from __future__ import annotations
