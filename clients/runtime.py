@@ -95,7 +95,7 @@ _MODELS: dict[tuple, SplitModel] = {}
 def _cached_model(exp: Experiment) -> SplitModel:
     """The whole model at its initial weights (pretrained ones included), once per process;
     callers overwrite its trainable parameters with what the server sent."""
-    key = (exp.spec, exp.cfg.pretrained, exp.cfg.pretrained_format)
+    key = (exp.spec, exp.cfg.pretrained, exp.cfg.pretrained_format, exp.cfg.pretrained_allow_random)
     if key not in _MODELS:
         _MODELS.clear()
         _MODELS[key] = SplitModel(*exp.initial_model())

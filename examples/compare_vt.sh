@@ -11,5 +11,5 @@ exec "$PY" -m mpsl_flwr.cli compare \
   --strategies mpsl,fedavg,fedclip,lw-fedmml,prog-fedmml,centralized \
   --seeds 0,1,2 \
   --nodes 10 \
-  --run-config "dataset=synthetic-vqa dirichlet-alpha=0.1 encoder-depth=4 synthetic-train-size=1500 synthetic-test-size=400 epochs=5 progress=false" \
+  --run-config "dataset='synthetic-vqa' dirichlet-alpha=0.1 encoder-depth=4 synthetic-train-size=1500 synthetic-test-size=400 epochs=5 progress=false" \
   --out "$OUT" "$@"

@@ -41,8 +41,12 @@ def _summary(doc: str | None) -> str:
 
 
 def _overrides(run_config: str) -> dict[str, Any]:
-    """``--run-config 'key=value ...'`` as a dict (TOML values, as ``flwr run``)."""
-    return parse_overrides([run_config]) if run_config else {}
+    """``--run-config 'key=value ...'`` as a dict (TOML values, as ``flwr run``), with
+    relative local paths made absolute against the directory the command runs in."""
+    from mpsl_flwr.ops.runs import absolute_local_paths
+
+    values = parse_overrides([run_config]) if run_config else {}
+    return {**values, **absolute_local_paths(values)}
 
 
 def _run_config_arg(parser: argparse.ArgumentParser, text: str) -> None:
@@ -328,14 +332,16 @@ def partition_plot(argv: list[str] | None = None) -> None:
     from mpsl_flwr.tools import partition_plot as tool
 
     parser = _parser("mpsl-partition-plot", description=(tool.__doc__ or "").splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. dataset=meld")
+    _run_config_arg(parser, "overrides, 'key=value ...' as for flwr run")
     parser.add_argument(
         "--num-partitions", type=_positive_int, required=True, help="number of clients"
     )
     parser.add_argument("--out", default="partitions.png", help="output PNG path")
     parser.add_argument("--plot-type", choices=("bar", "heatmap"), default="bar")
     parser.add_argument("--size-unit", choices=("absolute", "percent"), default="absolute")
-    tool.run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    args.overrides = _overrides(args.run_config)
+    tool.run(args)
 
 
 def _attacked_run_args(parser: argparse.ArgumentParser, run_config_help: str) -> None:
@@ -408,16 +414,16 @@ def privacy_frontier(argv: list[str] | None = None) -> int:
 
 @_command
 def centralized(argv: list[str] | None = None) -> None:
-    """``mpsl-centralized [key=value ...]``: centralized training, the same keys as
-    ``flwr run``, no Flower at all."""
+    """``mpsl-centralized [--run-config 'key=value ...']``: centralized training, the same
+    keys as ``flwr run``, no Flower at all."""
     import strategies.centralized as module
     from mpsl_flwr.config import resolve_config
     from strategies.runner import run_experiment
 
     parser = _parser("mpsl-centralized", description=(module.__doc__ or "").splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. epochs=2")
+    _run_config_arg(parser, "overrides, 'key=value ...' as for flwr run")
     args = parser.parse_args(argv)
-    cfg = resolve_config(args.overrides).replace(strategy="centralized")
+    cfg = resolve_config(_overrides(args.run_config)).replace(strategy="centralized")
     run_experiment(cfg, grid=None)
 
 

@@ -15,7 +15,7 @@ import difflib
 import functools
 import json
 import math
-import shlex
+import re
 import tomllib
 import types
 import typing
@@ -41,6 +41,7 @@ LrSchedule = Literal["cosine", "constant"]
 ActivationDtype = Literal["float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda"]
 PretrainedFormat = Literal["auto", "meta-transformer", "timm"]
+Readout = Literal["modality-tokens", "all-tokens"]
 ImageNorm = Literal["auto", "clip", "imagenet", "inception"]
 MissingFiles = Literal["fail", "skip"]
 RetrievalPartition = Literal["iid", "dirichlet-cluster"]
@@ -92,8 +93,11 @@ class ModelConfig:
     encoder_depth: int
     finetune_blocks: int
     fusion: Fusion
+    readout: Readout
+    final_norm: bool
     pretrained: str
     pretrained_format: PretrainedFormat
+    pretrained_allow_random: bool
     train_token_embedding: bool
     temperature: float
     fedclip_adapter: AdapterSharing
@@ -194,8 +198,11 @@ class RunConfig:
     encoder_depth: int = 0
     finetune_blocks: int = -1
     fusion: Fusion = "auto"
+    readout: Readout = "modality-tokens"
+    final_norm: bool = False
     pretrained: str = ""
     pretrained_format: PretrainedFormat = "auto"
+    pretrained_allow_random: bool = False
     train_token_embedding: bool = False
     temperature: float = 0.07
     fedclip_adapter: AdapterSharing = "per-modality"
@@ -321,28 +328,49 @@ def load_pyproject_config(project_dir: str | Path | None = None) -> dict[str, An
     return dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Parse ``key=value`` overrides as ``flwr run --run-config`` does (TOML values).
+# The key=value pattern of ``flwr.common.config.parse_config_args`` (Flower 1.41/1.42),
+# which keeps it inside the function; tests/test_config.py checks it against the source.
+FLOWER_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
 
-    Also accepts a ``.toml`` file path, like Flower, and, unlike Flower, an unquoted
-    string value (``output-dir=/tmp/runs``), which is taken as a string.
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``key=value`` overrides parsed by Flower's own ``flwr run --run-config`` parser.
+
+    One syntax everywhere: what ``mpsl-run``, ``make run`` and the tools accept is exactly
+    what ``flwr run`` accepts (values are TOML: strings quoted, ``dataset='synthetic-va'``;
+    a ``.toml`` file path works too). What Flower would refuse is refused here in one line
+    naming the pair and its quoted form; text that is no ``key=value`` pair at all, which
+    Flower would silently ignore, is refused too.
     """
     if not items:
         return {}
-    if len(items) == 1 and items[0].endswith(".toml"):
-        from flwr.common.config import parse_config_args
+    from flwr.common.config import parse_config_args
 
-        return parse_config_args(items)
-    values: dict[str, Any] = {}
-    for token in (t for item in items for t in shlex.split(item)):
-        key, sep, raw = token.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"Override '{token}' is not of the form key=value.")
+    for item in items:
+        if not item.endswith(".toml") and (rest := FLOWER_PAIR.sub("", item).strip()):
+            raise ConfigError(
+                f"Override text {rest!r} is not of the form key=value (in {item!r}); "
+                "write e.g. --run-config \"epochs=3 dataset='synthetic-va'\"."
+            )
+    try:
+        return dict(parse_config_args(items))
+    except Exception as err:  # click.ClickException, ValueError: say which pair
+        raise ConfigError(_bad_pair(items) or f"Could not read the overrides: {err}") from err
+
+
+def _bad_pair(items: list[str]) -> str | None:
+    """The first ``key=value`` of ``items`` that Flower cannot take, and its fix."""
+    for key, raw in (pair for item in items for pair in FLOWER_PAIR.findall(item)):
         try:
-            values[key] = tomllib.loads(f"v = {raw}")["v"]
+            value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
-            values[key] = raw
-    return values
+            value = None
+        if not isinstance(value, (bool, int, float, str)):
+            return (
+                f"Run-config value {key}={raw} is not a number, boolean or quoted string "
+                f"(flwr run's syntax); quote it: {key}='{raw.strip(chr(39) + chr(34))}'."
+            )
+    return None
 
 
 def resolve_config(
@@ -405,6 +433,9 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     elif typ is str:
         if isinstance(value, str):
             return value
+        # run-name=123 arrives as an int from flwr run; its text is unambiguous.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
     elif isinstance(typ, types.UnionType):  # pragma: no cover - no unions today
         return value
     raise ConfigError(

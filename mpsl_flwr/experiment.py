@@ -86,8 +86,20 @@ class Experiment:
         head, server = build_head(self.spec), build_server(self.spec)
         model = self.cfg.model
         if model.pretrained:
-            report = load_pretrained(model.pretrained, model.pretrained_format, head, server)
+            report = load_pretrained(
+                model.pretrained,
+                model.pretrained_format,
+                head,
+                server,
+                allow_random=model.pretrained_allow_random,
+            )
             log.info("Loaded pretrained weights: %s", report)
+            if report["random"]:
+                log.warning(
+                    "pretrained-allow-random=true: %d tensors start random: %s",
+                    len(report["random"]),
+                    ", ".join(report["random"]),
+                )
             apply_trainable(self.spec, head, server)
         return head, server
 

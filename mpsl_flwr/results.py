@@ -76,14 +76,20 @@ class RunRecorder:
 
     Where and under which name comes from ``cfg.output``; the whole ``cfg`` is written
     to ``config.json`` and the summary, and names the run when ``run-name`` is empty.
-    ``headline`` is the test metric the plot shows (the task's).
+    ``headline`` is the test metric the plot shows (the task's), ``chance`` its value for
+    uniform guessing (a line on the plot, and ``chance`` in the summary).
     """
 
     def __init__(
-        self, cfg: RunConfig, num_clients: int | None = None, headline: str | None = None
+        self,
+        cfg: RunConfig,
+        num_clients: int | None = None,
+        headline: str | None = None,
+        chance: float | None = None,
     ) -> None:
         self.cfg = cfg
         self.headline = headline
+        self.chance = chance
         out = cfg.output
         name = out.run_name or default_run_name(cfg)
         root = project_path(out.output_dir).resolve()
@@ -173,7 +179,7 @@ class RunRecorder:
         )
         self._write_summary()
         try:
-            plot_history(self.history, self.dir / PLOT, title=self.dir.name, metric=self.headline)
+            plot_history(self.history, self.dir / PLOT, self.dir.name, self.headline, self.chance)
         except Exception as err:
             log.warning("Could not draw %s: %s", PLOT, err)
         self.lock.release()
@@ -212,9 +218,14 @@ class RunRecorder:
 
 
 def plot_history(
-    history: list[dict[str, Any]], path: Path, title: str = "", metric: str | None = None
+    history: list[dict[str, Any]],
+    path: Path,
+    title: str = "",
+    metric: str | None = None,
+    chance: float | None = None,
 ) -> None:
-    """Test ``metric`` (where the history has it) and train loss against epoch, as a PNG."""
+    """Test ``metric`` (beside train accuracy where the history has it, over a dashed
+    chance line) and train loss against epoch, as a PNG."""
     if not history:
         return
     import matplotlib
@@ -225,18 +236,36 @@ def plot_history(
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     if metric is not None and history[0].get(metric) is not None:
-        ax1.plot(epochs, [r[metric] for r in history], marker="o")
+        ax1.plot(epochs, [r[metric] for r in history], marker="o", label=f"test ({metric})")
+        if history[0].get("train-accuracy") is not None:
+            train = [r["train-accuracy"] for r in history]
+            ax1.plot(epochs, train, marker="s", linestyle="--", label="train accuracy")
+        draw_chance(ax1, chance)
         ax1.set_ylabel(metric)
-    ax1.set_xlabel("epoch")
-    ax1.grid(alpha=0.3)
+        ax1.legend()
     ax2.plot(epochs, [r.get("train-loss", float("nan")) for r in history], marker="o", color="C1")
-    ax2.set_xlabel("epoch")
     ax2.set_ylabel("train-loss")
-    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        epoch_axis(ax, "epoch")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def draw_chance(ax: Any, chance: float | None) -> None:
+    """A dashed grey line at the metric's value for uniform guessing."""
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.3f})")
+
+
+def epoch_axis(ax: Any, label: str) -> None:
+    """Whole-number ticks on an epoch/round x axis, and a light grid."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3)
 
 
 def format_table(history: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -10,9 +10,10 @@ stages of ``stage-blocks`` blocks each, for ``stage-rounds`` rounds per stage:
 * **progressive** (Prog-FedMML): stage ``s`` trains every block up to ``(s+1)*k`` and
   the client head.
 
-In both, the final encoder norm and the task tail (the "head" of the paper) train in
-every stage. The model here is :class:`~mpsl_flwr.models.split_model.SplitModel`;
-parameter names are its own (``head.*``, ``server.encoder.blocks.<i>.*`` ...).
+In both, the task tail (the "head" of the paper) and, with ``final-norm=true``, the
+final encoder norm train in every stage. The model here is
+:class:`~mpsl_flwr.models.split_model.SplitModel`; parameter names are its own
+(``head.*``, ``server.encoder.blocks.<i>.*`` ...).
 """
 
 from __future__ import annotations

@@ -121,6 +121,11 @@ class Task(ABC):
         raises if it cannot serve the task."""
         return self.default_fusion if choice == "auto" else choice
 
+    def chance(self, num_classes: int) -> float | None:
+        """The headline metric of guessing uniformly at random (plots draw it as a line);
+        None where it depends on more than the class count."""
+        return None
+
     @abstractmethod
     def make_tail(self, width: int, num_classes: int, temperature: float) -> nn.Module:
         """The server's task head on top of the encoder's pooled read-outs."""
@@ -174,6 +179,9 @@ class Classification(Task):
     labels_on_client = True
     labels_are_pair_ids = False
     default_fusion = "early"
+
+    def chance(self, num_classes: int) -> float | None:
+        return 1.0 / num_classes
 
     def make_tail(self, width: int, num_classes: int, temperature: float) -> nn.Module:
         return ClassificationTail(width, num_classes)

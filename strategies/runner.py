@@ -43,7 +43,10 @@ def run_experiment(cfg: RunConfig, grid: Grid | None) -> Path:
     exp = check_server(cfg)
     if grid is not None:  # nodes still registering only add to the count
         check_partitions(exp, len(list(grid.get_node_ids())) * cfg.clients_per_node)
-    with RunRecorder(cfg, headline=exp.task.headline) as recorder:  # failed on an error
+    chance = exp.task.chance(exp.info.num_classes)
+    # The recorder marks the run failed on an error.
+    with RunRecorder(cfg, headline=exp.task.headline, chance=chance) as recorder:
+        recorder.update(chance=chance)
         if grid is not None:  # so a launcher finds the directory its own run wrote
             recorder.update(**{"flwr-run-id": grid.run.run_id})
         checkpointing = Checkpointing(

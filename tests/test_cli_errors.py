@@ -45,7 +45,10 @@ def test_zero_nodes_is_refused_at_parse_time(name, capsys):
         ("compare", ["--run-config", "seed=-1"]),
         ("costs", ["--run-config", "seed=-1"]),
         ("label-attack", ["--run-config", "seed=-1"]),
-        ("centralized", ["seed=-1"]),
+        ("centralized", ["--run-config", "seed=-1"]),
+        ("partition-plot", ["--num-partitions", "2", "--run-config", "seed=-1"]),
+        ("traffic-sweep", ["--run-config", "seed=-1"]),
+        ("run", ["--run-config", "dataset=synthetic-va"]),
     ],
 )
 def test_a_config_error_is_one_line_and_exit_2(name, argv, capsys):
@@ -53,10 +56,14 @@ def test_a_config_error_is_one_line_and_exit_2(name, argv, capsys):
         cli.COMMANDS[name](argv)
     assert done.value.code == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == [
-        f"mpsl-{name}: error: Run-config key 'seed' must be >= 0; got -1. "
-        "Fix: e.g. --run-config 'seed=0'."
-    ]
+    assert err.splitlines() == [f"mpsl-{name}: error: {ERRORS[argv[-1]]}"]
+
+
+ERRORS = {
+    "seed=-1": "Run-config key 'seed' must be >= 0; got -1. Fix: e.g. --run-config 'seed=0'.",
+    "dataset=synthetic-va": "Run-config value dataset=synthetic-va is not a number, boolean or "
+    "quoted string (flwr run's syntax); quote it: dataset='synthetic-va'.",
+}
 
 
 def test_debug_shows_the_traceback():

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 
 import pytest
 
-from mpsl_flwr.config import ConfigError, RunConfig, load_pyproject_config, parse_overrides
+from mpsl_flwr.config import (
+    ConfigError,
+    RunConfig,
+    load_pyproject_config,
+    parse_overrides,
+    resolve_config,
+)
 from mpsl_flwr.registry import strategy_spec
 
 
@@ -47,7 +54,7 @@ def test_int_is_accepted_for_float_and_trainable_blocks_resolves():
     assert RunConfig.from_mapping({"finetune-blocks": 2}).trainable_blocks == 2
 
 
-def test_overrides_parse_like_flwr_run_and_accept_bare_strings():
+def test_overrides_parse_exactly_as_flwr_run_does():
     values = parse_overrides(
         ["epochs=3 learning-rate=1e-3 dataset='synthetic-va'", "progress=false"]
     )
@@ -57,9 +64,48 @@ def test_overrides_parse_like_flwr_run_and_accept_bare_strings():
         "dataset": "synthetic-va",
         "progress": False,
     }
-    assert parse_overrides(["output-dir=/tmp/runs"]) == {"output-dir": "/tmp/runs"}
-    with pytest.raises(ConfigError, match="key=value"):
-        parse_overrides(["epochs"])
+    assert parse_overrides(['output-dir="/tmp/runs"']) == {"output-dir": "/tmp/runs"}
+
+
+@pytest.mark.parametrize(
+    "text, fix",
+    [
+        ("dataset=synthetic-va", "dataset='synthetic-va'"),
+        ("output-dir=/tmp/runs", "output-dir='/tmp/runs'"),
+        ("run-name=2024-01-01", "run-name='2024-01-01'"),
+        ("epochs", "key=value"),
+        ("epochs 3", "key=value"),
+    ],
+)
+def test_what_flwr_run_refuses_or_ignores_is_refused_naming_the_fix(text, fix):
+    from flwr.common.config import parse_config_args
+
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        parse_overrides([text])
+    try:
+        flower = parse_config_args([text])
+    except Exception:
+        flower = None  # Flower refuses it too ...
+    assert flower in (None, {})  # ... or drops it without a word
+
+
+@pytest.mark.parametrize(
+    "text, name",
+    [("run-name='123'", "123"), ("run-name='2024-01-01'", "2024-01-01"), ("run-name=123", "123")],
+)
+def test_strings_that_look_like_numbers_or_dates_are_run_names(text, name):
+    assert resolve_config([text]).run_name == name
+
+
+def test_the_pair_pattern_is_flowers_own():
+    import inspect
+
+    from flwr.common.config import parse_config_args
+
+    from mpsl_flwr.config import FLOWER_PAIR
+
+    source = inspect.getsource(parse_config_args)
+    assert f'pattern = re.compile(r"{FLOWER_PAIR.pattern}")' in source
 
 
 PARTS = ("data", "model", "optim", "federation", "privacy", "output")

@@ -484,9 +484,8 @@ def test_partition_plot_writes_png_of_the_client_partitions(tmp_path):
     out = tmp_path / "plot.png"
     plot_main(
         [
-            "dataset=synthetic-vqa",
-            "synthetic-train-size=400",
-            "dirichlet-alpha=0.3",
+            "--run-config",
+            "dataset='synthetic-vqa' synthetic-train-size=400 dirichlet-alpha=0.3",
             "--num-partitions",
             "4",
             "--out",
@@ -630,3 +629,13 @@ def test_a_row_is_named_by_the_line_it_starts_on(tmp_path):
     append_raw(root / "test_sent_emo.csv", '2,"Two\nlines"')  # cut, and spans lines 3-4
     with pytest.raises(DatasetFormatError, match=r"test_sent_emo\.csv, line 3: "):
         dataset_info(cfg_for("meld", root).data)
+
+
+def test_meld_label_ids_are_the_releases():
+    """declare-lab/MELD's README: {'neutral': 0, 'surprise': 1, 'fear': 2, 'sadness': 3,
+    'joy': 4, 'disgust': 5, 'anger': 6}; Kinetics-400's classes list is alphabetical."""
+    from mpsl_flwr.data.loaders.meld import EMOTIONS
+
+    official = {"neutral": 0, "surprise": 1, "fear": 2, "sadness": 3, "joy": 4, "disgust": 5}
+    assert {name: i for i, name in enumerate(EMOTIONS)} == {**official, "anger": 6}
+    assert list(KINETICS_SOUNDS) == sorted(KINETICS_SOUNDS)  # Kinetics-400's own order

@@ -122,7 +122,9 @@ def test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down(l
     outcome = flwr_run(link, config, num_supernodes=3, app_dir=app, timeout=300, stream=False)
     (dead,) = [p.name.split("-")[0] for p in (app / "deaths").iterdir()]
     logs = link.flwr("log", str(outcome.run_id), *link.conn_args(), "--show")
-    errors = re.findall(r"Node (\d+) replied to (\S+) of step \S+ with an error \(([^\n]*)", logs)
+    errors = re.findall(
+        r"Node (\d+) \([^)]*\) replied to (\S+) of step \S+ with an error \(([^\n]*)", logs
+    )
     assert outcome.status == "finished:completed", outcome
     # Without the replacement: 27 error replies, from every node, for the rest of the run.
     assert [(node, leg) for node, leg, _ in errors] == [(dead, "train.backward")], errors
@@ -131,3 +133,17 @@ def test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down(l
     assert [row["dropped-client-steps"] for row in history] == [1, 0]
     # An overtime step makes up node 1's lost step; epoch 2 has nothing to make up.
     assert [row["samples-trained"] for row in history] == [90, 90]
+
+
+def test_a_failed_mpsl_run_points_at_logs_that_outlive_the_launcher(tmp_path, capsys):
+    """``mpsl-run`` (launch.main) on a temporary FLWR_HOME, stopped by its timeout: the
+    failure names ``<run-dir>/logs``, which holds the SuperLink's log after the home
+    is gone (issue 15, item 16)."""
+    from mpsl_flwr.ops import launch
+
+    overrides = {"output-dir": str(tmp_path), "run-name": "cut-short", "progress": False}
+    assert launch.main(overrides, nodes=2, timeout=1) == 1
+    err = capsys.readouterr().err
+    logs = tmp_path / "cut-short" / "logs"
+    assert f"see {logs} and the logs above" in err
+    assert (logs / "superlink.log").stat().st_size > 0

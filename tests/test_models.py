@@ -121,8 +121,8 @@ def test_timm_checkpoint_loads_blocks_norm_and_image_tokenizer(tiny, tmp_path):
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2)
     path = tmp_path / "vit.pth"
     torch.save({"model": vit.state_dict()}, path)
-    exp = Experiment.from_config(tiny(pretrained=str(path)))
-    head, server = exp.initial_model()
+    cfg = tiny(pretrained=str(path), pretrained_allow_random=True, final_norm=True)
+    head, server = Experiment.from_config(cfg).initial_model()
     torch.testing.assert_close(
         server.encoder.blocks[1].attn.qkv.weight, vit.blocks[1].attn.qkv.weight
     )
@@ -136,10 +136,13 @@ def test_meta_transformer_checkpoint_loads_blocks(tiny, tmp_path):
     encoder = torch.nn.Sequential(*[Block(192, 3, 4.0, qkv_bias=True) for _ in range(2)])
     path = tmp_path / "Meta-Transformer_tiny_encoder.pth"
     torch.save({f"module.{k}": v for k, v in encoder.state_dict().items()}, path)
-    head, server = Experiment.from_config(tiny(pretrained=str(path))).initial_model()
+    cfg = tiny(pretrained=str(path), pretrained_allow_random=True)
+    head, server = Experiment.from_config(cfg).initial_model()
     torch.testing.assert_close(server.encoder.blocks[0].mlp.fc1.weight, encoder[0].mlp.fc1.weight)
-    report = load_pretrained(path, "auto", head, server)
-    assert report == {"format": "meta-transformer", "blocks": 2, "head": []}
+    report = load_pretrained(path, "auto", head, server, allow_random=True)
+    assert report["format"] == "meta-transformer" and report["blocks"] == 2
+    assert report["head"] == [] and report["unused"] == []
+    assert report["random"] == [f"head.{k}" for k in head.state_dict()]  # no classifier here
 
 
 def test_checkpoint_errors_name_the_fix(tiny, tmp_path):

@@ -179,12 +179,33 @@ def test_a_client_that_errors_is_dropped_from_the_step_not_the_run(tiny, caplog)
 
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
         mpsl, _, rows, _ = run_mpsl(cfg, 3, fault=fail_second_loss_on_node_1001)
-    assert "Node 1001 replied to train.loss of step e0s1 with an error" in caplog.text
+    assert "Node 1001 (client 1) replied to train.loss of step e0s1 with an error" in caplog.text
     assert "injected failure" in caplog.text
     assert rows[0]["dropped-client-steps"] == 1
     # Its batch of that step is trained in one step of overtime: nothing is lost.
     assert rows[0]["samples-trained"] == 96
     assert rows[0]["steps"] == mpsl.steps_per_epoch() + 1
+
+
+def test_a_node_that_errors_is_named_by_its_clients_and_each_counts_as_dropped(tiny, caplog):
+    """With two logical clients per node, a node whose loss reply is an error drops both
+    clients from the step: the warning names them and both count (issue 15, item 15)."""
+    cfg = tiny(dirichlet_alpha=1.0, clients_per_node=2)
+    calls = {"n": 0}
+
+    def fail_first_loss_on_node_1001(node_id, msg):
+        if node_id == 1001 and msg.metadata.message_type == P.LOSS:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                return "raise"
+        return msg
+
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        mpsl, _, rows, _ = run_mpsl(cfg, 2, fault=fail_first_loss_on_node_1001)
+    served = sorted(c for c, i in mpsl.clients.items() if i.node_id == 1001)
+    assert len(served) == 2
+    assert f"Node 1001 (clients {served[0]}, {served[1]}) replied to train.loss" in caplog.text
+    assert rows[0]["dropped-client-steps"] == 2
 
 
 def test_a_client_that_times_out_is_dropped_and_never_double_booked(tiny, caplog):
@@ -201,9 +222,9 @@ def test_a_client_that_times_out_is_dropped_and_never_double_booked(tiny, caplog
 
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
         _mpsl, _, rows, grid = run_mpsl(cfg, 3, fault=swallow_first_backward_to_node_1002)
-    assert "Node 1002 did not answer train.backward of step e0s0" in caplog.text
+    assert "Node 1002 (client 2) did not answer train.backward of step e0s0" in caplog.text
     assert (
-        "Node 1002 still holds an unanswered message" in caplog.text
+        "Node 1002 (client 2) still holds an unanswered message" in caplog.text
     )  # its message stays in flight: no second one is sent
     sent_after = [
         m
@@ -232,7 +253,7 @@ def test_a_dead_node_is_dropped_and_its_replacement_rejoins(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
         mpsl, _, rows, _ = run_mpsl(cfg, 3, grid=grid, fault=die_then_come_back)
     new_node = events["restarted"]
-    assert "Node 1001 did not answer" in caplog.text
+    assert "Node 1001 (client 1) did not answer" in caplog.text
     assert f"Client 1 rejoined on node {new_node} (was node 1001)" in caplog.text
     assert mpsl.clients[1].node_id == new_node
     assert rows[0]["dropped-client-steps"] >= 1

@@ -288,6 +288,7 @@ class _TwinLauncherLink:
 
     def flwr(self, *args: str, **kwargs) -> str:
         if args[0] == "run":
+            self.submitted = args[args.index("--run-config") + 1]
             for name, run_id, loss in (("same", 1, 9.0), ("same-2", 2, 1.0)):
                 (self.output_dir / name).mkdir(parents=True)
                 row = {"epoch": 1, "train-loss": loss}
@@ -313,3 +314,57 @@ def test_the_launcher_reports_the_run_dir_its_own_run_wrote(tmp_path, capsys):
     assert report(outcome, "") == 0
     out = capsys.readouterr().out
     assert "| 1 | 1 |" in out and f"Results: {tmp_path / 'same-2'}" in out
+
+
+def test_a_streamed_run_prints_its_table_and_results_path_once(tmp_path, capsys):
+    """The ServerApp prints the table and the results path into the streamed log; the
+    launcher's report then adds only how the run ended (item 24)."""
+    from mpsl_flwr.ops.launch import flwr_run, report
+
+    outcome = flwr_run(
+        _TwinLauncherLink(tmp_path),  # type: ignore[arg-type]
+        {"output-dir": str(tmp_path), "run-name": "once"},
+        2,
+        stream=False,
+    )
+    outcome.streamed = True
+    assert report(outcome, "") == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 1 |" not in out and "Results:" not in out
+    assert f"Summary: {outcome.run_dir / 'summary.json'}" in out
+
+
+def test_the_launchers_logs_are_kept_in_the_run_dir(tmp_path):
+    """A failure message points at logs that outlive the launcher's temporary dirs."""
+    from mpsl_flwr.ops.runs import keep_logs
+
+    home = tmp_path / "home"
+    (home / "logs").mkdir(parents=True)
+    (home / "superlink.log").write_text("link\n")
+    (home / "logs" / "supernode-0.log").write_text("node\n")
+    kept = keep_logs([home / "superlink.log", home / "logs", home / "absent.log"], tmp_path / "r")
+    assert kept == tmp_path / "r" / "logs"
+    assert (kept / "superlink.log").read_text() == "link\n"
+    assert (kept / "logs" / "supernode-0.log").read_text() == "node\n"
+
+
+def test_relative_local_paths_are_submitted_absolute(tmp_path, monkeypatch):
+    """data-dir, pretrained and node-registry mean what they named where the command was
+    typed, whichever directory the ServerApp and ClientApps run in."""
+    from mpsl_flwr.config import parse_overrides
+    from mpsl_flwr.ops.launch import flwr_run
+
+    monkeypatch.chdir(tmp_path)
+    link = _TwinLauncherLink(tmp_path)
+    config = {
+        "output-dir": str(tmp_path),
+        "run-name": "same",
+        "data-dir": "data/ucf",
+        "pretrained": "/abs/vit.pth",
+        "node-registry": "~/reg.json",
+    }
+    flwr_run(link, config, 2, stream=False)  # type: ignore[arg-type]
+    submitted = parse_overrides([link.submitted])
+    assert submitted["data-dir"] == str(tmp_path / "data" / "ucf")
+    assert submitted["pretrained"] == "/abs/vit.pth"
+    assert submitted["node-registry"] == str(Path.home() / "reg.json")

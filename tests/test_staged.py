@@ -51,7 +51,7 @@ def test_schedule_splits_blocks_and_rounds(tiny):
     names = [
         n
         for n, _ in build_model(
-            Experiment.from_config(tiny(encoder_depth=5)).spec
+            Experiment.from_config(tiny(encoder_depth=5, final_norm=True)).spec
         ).named_parameters()
     ]
     trained = {n for n in names if lw.trains(n, 1)}

@@ -112,6 +112,29 @@ def test_a_missing_pretrained_file_is_refused(tiny, tmp_path):
     assert str(missing) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_checkpoint_that_does_not_fit_is_refused_before_a_run_starts(tiny, tmp_path):
+    """A launcher loads the checkpoint into a meta-device model first: what stays random
+    (a Meta-Transformer file holds only blocks) and a wrong width fail in one line."""
+    import torch
+    from timm.models.vision_transformer import Block
+    from torch import nn
+
+    from mpsl_flwr.preflight import preflight
+
+    def blocks(width: int) -> str:
+        encoder = nn.Sequential(*[Block(width, 3, qkv_bias=True) for _ in range(2)])
+        path = tmp_path / f"encoder-{width}.pth"
+        torch.save(encoder.state_dict(), path)
+        return str(path)
+
+    with pytest.raises(ConfigError, match=r"head\.tokenizers.*pretrained-allow-random=true") as err:
+        preflight(tiny(pretrained=blocks(192)), 1)
+    assert "\n" not in str(err.value)
+    preflight(tiny(pretrained=blocks(192), pretrained_allow_random=True), 1)
+    with pytest.raises(ConfigError, match=r"width 384.*model-size"):
+        preflight(tiny(pretrained=blocks(384), pretrained_allow_random=True), 1)
+
+
 @pytest.mark.parametrize("key", ["server-device", "client-device"])
 def test_cuda_without_a_gpu_is_refused(tiny, monkeypatch, key):
     import torch

@@ -4,10 +4,17 @@ Everything here runs on the client. Each tokenizer turns one modality into a seq
 of ``width``-dimensional tokens; the head then either concatenates them (early fusion,
 one stream ``"fused"``) or keeps one stream per modality (late fusion). The streams
 are what crosses the cut layer.
+
+As in the authors' code, the patch-embedding convolutions have no bias, and every
+modality's sequence starts with the token the server reads out: the CLS token of image
+and audio, and for text the first token (CLIP's start-of-text token; the authors embed
+the text as one token, this head as ``text-length`` subword tokens).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 
 import torch
@@ -17,6 +24,7 @@ from torch import Tensor, nn
 
 FUSED = "fused"
 FBANK_BINS = 128
+IMAGE_PATCH = 16
 AUDIO_PATCH = 16
 AUDIO_STRIDE = 10
 
@@ -38,17 +46,54 @@ def _sincos_with_cls(grid: list[int], width: int) -> Tensor:
     return torch.cat([torch.zeros(1, width), pos]).unsqueeze(0)
 
 
-class ImageTokenizer(nn.Module):
-    """ViT tokenizer: 16x16 patch embedding, a CLS token and learned positions."""
+def audio_grid(frames: int) -> tuple[int, int]:
+    """Patches of a ``[frames, 128]`` fbank along frequency and time (16x16, stride 10)."""
+    return (
+        (FBANK_BINS - AUDIO_PATCH) // AUDIO_STRIDE + 1,
+        (frames - AUDIO_PATCH) // AUDIO_STRIDE + 1,
+    )
 
-    def __init__(self, width: int, image_size: int, patch_size: int = 16) -> None:
+
+def token_lengths(
+    modalities: tuple[str, ...], *, image_size: int, audio_frames: int, text_length: int
+) -> dict[str, int]:
+    """Tokens per sample that each modality's tokenizer makes (CLS included), without
+    building the tokenizers: what the server needs to find the read-out positions."""
+
+    def length(m: str) -> int:
+        if m == "image":
+            return 1 + (image_size // IMAGE_PATCH) ** 2
+        if m == "audio":
+            return 1 + math.prod(audio_grid(audio_frames))
+        return text_length
+
+    return {m: length(m) for m in modalities}
+
+
+def first_token_positions(
+    lengths: Mapping[str, int], early_fusion: bool
+) -> dict[str, tuple[int, ...]]:
+    """Stream -> where each modality's first token (its read-out token: the image or
+    audio CLS, the first text token) sits in that stream. Late fusion: at 0 of its own
+    stream. Early fusion: :meth:`ClientHead.forward` concatenates the modalities in the
+    order of ``lengths``, so they start at the running sums of the lengths before them."""
+    if not early_fusion:
+        return {m: (0,) for m in lengths}
+    starts = itertools.accumulate(list(lengths.values())[:-1], initial=0)
+    return {FUSED: tuple(starts)}
+
+
+class ImageTokenizer(nn.Module):
+    """ViT tokenizer: 16x16 patch embedding (no bias), a CLS token and learned positions."""
+
+    def __init__(self, width: int, image_size: int, patch_size: int = IMAGE_PATCH) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(
                 f"image-size {image_size} is not a multiple of the patch size {patch_size}."
             )
         self.image_size = image_size
-        self.patch_embed = PatchEmbed(image_size, patch_size, 3, width)
+        self.patch_embed = PatchEmbed(image_size, patch_size, 3, width, bias=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(_sincos_with_cls(list(self.patch_embed.grid_size), width))
         nn.init.normal_(self.cls_token, std=1e-6)
@@ -66,18 +111,16 @@ class ImageTokenizer(nn.Module):
 
 
 class AudioTokenizer(nn.Module):
-    """AST tokenizer: 128-bin fbank cut into 16x16 patches with stride 10, CLS, positions."""
+    """AST tokenizer: 128-bin fbank cut into 16x16 patches with stride 10 (a convolution
+    without bias), CLS, positions."""
 
     def __init__(self, width: int, frames: int) -> None:
         super().__init__()
         if frames < AUDIO_PATCH:
             raise ValueError(f"audio-frames must be at least {AUDIO_PATCH}; got {frames}.")
         self.frames = frames
-        self.proj = nn.Conv2d(1, width, kernel_size=AUDIO_PATCH, stride=AUDIO_STRIDE)
-        self.grid = (
-            (FBANK_BINS - AUDIO_PATCH) // AUDIO_STRIDE + 1,
-            (frames - AUDIO_PATCH) // AUDIO_STRIDE + 1,
-        )
+        self.proj = nn.Conv2d(1, width, kernel_size=AUDIO_PATCH, stride=AUDIO_STRIDE, bias=False)
+        self.grid = audio_grid(frames)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(_sincos_with_cls(list(self.grid), width))
         nn.init.normal_(self.cls_token, std=1e-6)
@@ -96,7 +139,12 @@ class AudioTokenizer(nn.Module):
 
 
 class TextTokenizer(nn.Module):
-    """Subword token embedding (frozen unless asked) plus learned positions."""
+    """Subword token embedding (frozen unless asked) plus learned positions.
+
+    Makes ``length`` tokens, not the authors' one text token: the server reads the text
+    out at the first, CLIP's start-of-text token. Its input is the same for every text,
+    but attention runs both ways, so its output sees the whole text (and the padding:
+    the encoder has no attention mask)."""
 
     def __init__(
         self, width: int, vocab_size: int, length: int, train_token_embedding: bool

@@ -4,34 +4,46 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from mpsl_flwr.models.head import FUSED
-
 
 class Encoder(nn.Module):
-    """A stack of timm ViT blocks and a final LayerNorm; only the last ``k`` blocks train.
+    """A stack of timm ViT blocks, as the authors build them; only the last ``k`` blocks train.
+
+    Every block normalises with ``nn.LayerNorm`` (eps 1e-5; timm's own default is 1e-6).
+    There is no final LayerNorm unless ``final_norm`` (then every output token is
+    normalised; ``norm`` is the identity otherwise, and holds no tensors).
 
     Cut like timm's ``VisionTransformer``: ``blocks[:k]`` and ``blocks[k:]`` are plain
     slices, so a later strategy may run or exchange any part of it.
     """
 
-    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        final_norm: bool = False,
+    ) -> None:
         super().__init__()
+        self.width = width
         self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)
+            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
+            for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(width)
+        self.norm: nn.Module = nn.LayerNorm(width) if final_norm else nn.Identity()
         # Layer-wise/progressive training runs only ``blocks[:run_depth]`` (None = all).
         self.run_depth: int | None = None
         self.apply(_init_weights)
 
     def set_trainable_blocks(self, k: int) -> None:
-        """Freeze all but the last ``k`` blocks (the final norm trains when ``k > 0``)."""
+        """Freeze all but the last ``k`` blocks (a final norm trains when ``k > 0``)."""
         depth = len(self.blocks)
         for i, block in enumerate(self.blocks):
             block.requires_grad_(i >= depth - k)
@@ -50,9 +62,24 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def readout(tokens: Tensor, stream: str) -> Tensor:
-    """One vector per sample: the CLS token for image and audio, the mean for text."""
-    return tokens.mean(dim=1) if stream in ("text", FUSED) else tokens[:, 0]
+@dataclass(frozen=True)
+class TokenReadout:
+    """One vector per sample and stream: the mean of the encoder outputs at
+    ``positions[stream]``, or over all of them where that is ``None``."""
+
+    positions: Mapping[str, tuple[int, ...] | None]
+
+    @classmethod
+    def all_tokens(cls, streams: tuple[str, ...]) -> TokenReadout:
+        """The earlier read-out: the CLS of an image or audio stream, the mean over every
+        token of a text or fused stream."""
+        return cls({s: (0,) if s in ("image", "audio") else None for s in streams})
+
+    def __call__(self, tokens: Tensor, stream: str) -> Tensor:
+        positions = self.positions[stream]
+        if positions is None:
+            return tokens.mean(dim=1)
+        return tokens[:, list(positions)].mean(dim=1)
 
 
 class MeanPool(nn.Module):
@@ -104,19 +131,22 @@ class RetrievalTail(nn.Module):
 
 
 class ServerModel(nn.Module):
-    """``W_b`` and ``W_t``: encodes the cut-layer streams once and applies the task head."""
+    """``W_b`` and ``W_t``: encodes each cut-layer stream once, reads one vector out of
+    each (``readout``) and applies the task head to them."""
 
     def __init__(
         self,
         encoder: Encoder,
         tail: nn.Module,
         streams: tuple[str, ...],
+        readout: TokenReadout,
         adapters: nn.ModuleDict | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.tail = tail
         self.streams = streams
+        self.readout = readout
         # FedCLIP: one adapter per stream, or one under the key "shared".
         self.adapters = adapters
 
@@ -124,7 +154,7 @@ class ServerModel(nn.Module):
         missing = [s for s in self.streams if s not in activations]
         if missing:
             raise KeyError(f"activations lack stream(s) {missing}; expected {self.streams}.")
-        readouts = {s: readout(self.encoder(activations[s]), s) for s in self.streams}
+        readouts = {s: self.readout(self.encoder(activations[s]), s) for s in self.streams}
         if self.adapters is not None:
             readouts = {
                 s: self.adapters[s if s in self.adapters else "shared"](r)

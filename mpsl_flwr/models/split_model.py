@@ -17,8 +17,16 @@ from mpsl_flwr.config import ModelConfig
 from mpsl_flwr.data.base import DatasetInfo
 from mpsl_flwr.data.text import VOCAB_SIZE
 from mpsl_flwr.models.adapter import AttentionAdapter
-from mpsl_flwr.models.head import AudioTokenizer, ClientHead, ImageTokenizer, TextTokenizer
-from mpsl_flwr.models.server import ClassificationTail, Encoder, ServerModel
+from mpsl_flwr.models.head import (
+    FUSED,
+    AudioTokenizer,
+    ClientHead,
+    ImageTokenizer,
+    TextTokenizer,
+    first_token_positions,
+    token_lengths,
+)
+from mpsl_flwr.models.server import ClassificationTail, Encoder, ServerModel, TokenReadout
 from mpsl_flwr.models.sizes import ENCODER_SIZES
 from mpsl_flwr.registry import ModelOptions
 from mpsl_flwr.tasks import Task, task_of
@@ -45,6 +53,8 @@ class ModelSpec:
     adapter: str = "none"
     train_head: bool = True
     client_tail: bool = False
+    readout: str = "modality-tokens"
+    final_norm: bool = False
 
     @classmethod
     def from_config(
@@ -84,6 +94,8 @@ class ModelSpec:
             adapter=options.adapter,
             train_head=options.train_head,
             client_tail=client_tail,
+            readout=model.readout,
+            final_norm=model.final_norm,
         )
 
     @property
@@ -131,17 +143,31 @@ def build_server(spec: ModelSpec) -> ServerModel:
     """The server part: body ``W_b`` (last ``k`` blocks trainable) and tail ``W_t``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed + 1)
-        encoder = Encoder(spec.width, spec.depth, spec.heads)
-        streams = ("fused",) if spec.early_fusion else spec.modalities
+        encoder = Encoder(spec.width, spec.depth, spec.heads, final_norm=spec.final_norm)
+        streams = (FUSED,) if spec.early_fusion else spec.modalities
         adapters = None
         if spec.adapter != "none":
             keys = ("shared",) if spec.adapter == "shared" else streams
             adapters = nn.ModuleDict({k: AttentionAdapter(spec.width) for k in keys})
     # client_tail: the classifier is in the head (build_head); pooling stays here.
     tail = _classification_tail(spec).pool if spec.client_tail else build_tail(spec)
-    server = ServerModel(encoder, tail, streams, adapters)
+    server = ServerModel(encoder, tail, streams, _readout(spec, streams), adapters)
     apply_trainable(spec, server=server)
     return server
+
+
+def _readout(spec: ModelSpec, streams: tuple[str, ...]) -> TokenReadout:
+    """``readout=modality-tokens`` (the authors'): each modality's first token, wherever
+    the head puts it; ``all-tokens``: the earlier mean over the tokens."""
+    if spec.readout == "all-tokens":
+        return TokenReadout.all_tokens(streams)
+    lengths = token_lengths(
+        spec.modalities,
+        image_size=spec.image_size,
+        audio_frames=spec.audio_frames,
+        text_length=spec.text_length,
+    )
+    return TokenReadout(first_token_positions(lengths, spec.early_fusion))
 
 
 def apply_trainable(

@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,11 +52,12 @@ from mpsl_flwr.ops.processes import (
     ManagedProcess,
     executable,
     free_port,
+    owned_temp_dir,
     sigterm_raises_exit,
     wait_for,
 )
 from mpsl_flwr.ops.proxy import FleetProxy
-from mpsl_flwr.ops.runs import RunOutcome
+from mpsl_flwr.ops.runs import RunOutcome, keep_logs
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink, flower_env
 from mpsl_flwr.preflight import preflight
 from mpsl_flwr.project import PROJECT_DIR
@@ -430,24 +429,35 @@ def _json_of(out: str) -> dict[str, Any]:
         raise RuntimeError(f"Expected JSON from the flwr CLI, got: {out.strip()[:200]}") from err
 
 
+WORKDIR_PREFIX = "mpsl-deploy-"
+"""Temporary work dirs of ``mpsl-deploy``; an orphaned one is removed at the next start."""
+
+
 @contextlib.contextmanager
-def deployment(options: DeployOptions, keep_workdir: bool = False) -> Iterator[Deployment]:
-    """A running deployment for the ``with`` block; everything stops on exit."""
-    tmp = None
-    workdir = options.workdir
-    if workdir is None:
-        tmp = tempfile.mkdtemp(prefix="mpsl-deploy-")
-        workdir = Path(tmp)
-    workdir.mkdir(parents=True, exist_ok=True)
-    dep = Deployment(options, workdir.resolve())
-    with sigterm_raises_exit():
-        try:
-            dep.start()
-            yield dep
-        finally:
-            dep.stop()
-            if tmp is not None and not keep_workdir:
-                shutil.rmtree(tmp, ignore_errors=True)
+def deployment(
+    options: DeployOptions,
+    keep_workdir: bool = False,
+    after_stop: Callable[[Deployment], None] | None = None,
+) -> Iterator[Deployment]:
+    """A running deployment for the ``with`` block; everything stops on exit.
+
+    ``after_stop`` runs once every process has stopped (their logs are complete) and
+    before a temporary work dir is removed.
+    """
+    with contextlib.ExitStack() as stack:
+        workdir = options.workdir or stack.enter_context(
+            owned_temp_dir(WORKDIR_PREFIX, keep=keep_workdir)
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        dep = Deployment(options, workdir.resolve())
+        with sigterm_raises_exit():
+            try:
+                dep.start()
+                yield dep
+            finally:
+                dep.stop()
+                if after_stop is not None:
+                    after_stop(dep)
 
 
 def _interrupt_on_signals() -> None:
@@ -473,8 +483,15 @@ def main(
     preflight(cfg, options.nodes * cfg.clients_per_node)  # fail fast, before any process
     options.proxy_max_body_mb = max(options.proxy_max_body_mb, 2 * cfg.max_client_mb)
     _interrupt_on_signals()
+    outcomes: list[RunOutcome] = []
+    logs: list[Path] = []
+
+    def save_logs(dep: Deployment) -> None:
+        if outcomes:
+            logs.append(keep_logs([dep.workdir / "logs"], outcomes[0].run_dir))
+
     try:
-        with deployment(options, keep_workdir=keep_workdir) as dep:
+        with deployment(options, keep_workdir, save_logs) as dep:
             kind = "TLS + node auth" if options.auth else "TLS" if options.tls else "insecure"
             fleet = f"; Fleet proxy (nginx) on {dep.fleet_address}" if dep.proxy else ""
             print(
@@ -482,12 +499,11 @@ def main(
                 f"online; connection '{CONNECTION}' in {dep.cli_home / 'config.toml'}",
                 flush=True,
             )
-            outcome = dep.run(overrides, app_dir=app_dir, timeout=timeout)
-            logs = dep.workdir / "logs"
+            outcomes.append(dep.run(overrides, app_dir=app_dir, timeout=timeout))
     except KeyboardInterrupt as err:
         print(f"\nInterrupted ({err}); the run was stopped and every process ended.")
         return 130
     except (RuntimeError, TimeoutError, FileNotFoundError) as err:
         print(f"\nmpsl-deploy failed: {err}", file=sys.stderr)
         return 1
-    return report(outcome, f"see the logs in {logs}")
+    return report(outcomes[0], f"see the logs in {logs[0]}")

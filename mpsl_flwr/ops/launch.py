@@ -23,7 +23,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +30,22 @@ from typing import Any
 
 from mpsl_flwr.config import resolve_config, toml_value
 from mpsl_flwr.ops import fast_flower, flower_patches
-from mpsl_flwr.ops.processes import executable, sigterm_raises_exit
-from mpsl_flwr.ops.runs import RunOutcome, choose_run_dir, own_run_dir, summary_status
+from mpsl_flwr.ops.processes import executable, owned_temp_dir, sigterm_raises_exit
+from mpsl_flwr.ops.runs import (
+    RunOutcome,
+    absolute_local_paths,
+    choose_run_dir,
+    keep_logs,
+    own_run_dir,
+    summary_status,
+)
 from mpsl_flwr.ops.superlink import FlwrCli, SuperLink
 from mpsl_flwr.preflight import preflight
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.results import SUMMARY, format_table
+
+HOME_PREFIX = "mpsl-flwr-home-"
+"""Temporary FLWR_HOMEs of launchers; an orphaned one is removed at the next start."""
 
 __all__ = ["flwr_run", "local_superlink", "main", "report", "simulation_superlink"]
 
@@ -72,21 +81,18 @@ def local_superlink(
     flwr_home: Path | None = None, replace_dead_actors: bool = True
 ) -> Iterator[SuperLink]:
     """A private :func:`simulation_superlink`, started, for the ``with`` block."""
-    tmp = None
-    if flwr_home is None:
-        tmp = tempfile.TemporaryDirectory(prefix="mpsl-flwr-home-")
-        flwr_home = Path(tmp.name)
-    link = simulation_superlink(flwr_home, replace_dead_actors)
-    # The SuperLink runs in its own session: a SIGTERM that skipped ``finally`` would
-    # leave it orphaned on its ports.
-    with sigterm_raises_exit():
-        link.start()
-        try:
-            yield link
-        finally:
-            link.stop()
-            if tmp is not None:
-                tmp.cleanup()
+    with contextlib.ExitStack() as stack:
+        if flwr_home is None:
+            flwr_home = stack.enter_context(owned_temp_dir(HOME_PREFIX))
+        link = simulation_superlink(flwr_home, replace_dead_actors)
+        # The SuperLink runs in its own session: a SIGTERM that skipped ``finally`` would
+        # leave it orphaned on its ports (a SIGKILL is its watchdog's business).
+        with sigterm_raises_exit():
+            link.start()
+            try:
+                yield link
+            finally:
+                link.stop()
 
 
 def flwr_run(
@@ -108,6 +114,7 @@ def flwr_run(
     ``status_interval`` seconds, and at once when the run's summary.json leaves
     ``running``. The run is stopped if a process it needs dies (``link.check_alive``).
     """
+    run_config = {**run_config, **absolute_local_paths(run_config)}
     run_dir = choose_run_dir(run_config, app_dir)
     print(f"Run directory: {run_dir}", flush=True)
     overrides = {**run_config, "output-dir": str(run_dir.parent), "run-name": run_dir.name}
@@ -178,7 +185,7 @@ def flwr_run(
             except subprocess.TimeoutExpired:
                 logs.terminate()
                 logs.wait(timeout=5)
-    return RunOutcome(run_id, status, run_dir, time.time() - t0)
+    return RunOutcome(run_id, status, run_dir, time.time() - t0, streamed=stream)
 
 
 def _num(x: float) -> int | float:
@@ -202,26 +209,38 @@ def main(
     """``mpsl-run`` (arguments parsed by :func:`mpsl_flwr.cli.run`): the exit code."""
     cfg = resolve_config(overrides, app_dir)
     preflight(cfg, nodes * cfg.clients_per_node)  # fail fast, before any process
-    with local_superlink(flwr_home) as link:
-        print(f"SuperLink on 127.0.0.1:{link.port} (FLWR_HOME={link.flwr_home})", flush=True)
-        outcome = flwr_run(
-            link,
-            overrides,
-            nodes,
-            app_dir=app_dir,
-            cpus_per_client=cpus_per_client,
-            gpus_per_client=gpus_per_client,
-            timeout=timeout,
-        )
-    return report(outcome, f"see {link.log_path} and the logs above")
+    with contextlib.ExitStack() as stack:
+        home = flwr_home or stack.enter_context(owned_temp_dir(HOME_PREFIX))
+        with local_superlink(home) as link:
+            print(f"SuperLink on 127.0.0.1:{link.port} (FLWR_HOME={home})", flush=True)
+            outcome = flwr_run(
+                link,
+                overrides,
+                nodes,
+                app_dir=app_dir,
+                cpus_per_client=cpus_per_client,
+                gpus_per_client=gpus_per_client,
+                timeout=timeout,
+            )
+        # After the stop (the log is complete), before the temporary home goes.
+        logs = keep_logs([p for p in [link.log_path] if p], outcome.run_dir)
+    return report(outcome, f"see {logs} and the logs above")
 
 
 def report(outcome: RunOutcome, where_to_look: str) -> int:
-    """Print how a run ended and its results table; the process exit code."""
+    """Print how a run ended and its results table; the process exit code.
+
+    When the run's own log was streamed, the ServerApp has printed the table and the
+    results path already (:func:`strategies.runner` does, for plain ``flwr run``), so
+    they are not printed again.
+    """
     print(f"\nRun {outcome.run_id}: {outcome.status} in {outcome.wall_time_s:.0f}s", flush=True)
     if not outcome.ok:
         print(f"The run did not complete; {where_to_look}.", file=sys.stderr)
         return 1
+    if outcome.streamed:
+        print(f"Summary: {outcome.run_dir / SUMMARY}")
+        return 0
     summary = outcome.summary()
     cols = [
         c

@@ -5,6 +5,9 @@ session of its own, so that it and the helpers it spawns (``flower-superexec``,
 ``flwr-serverapp``, ``flwr-clientapp``) share one process group. Stopping sends SIGTERM
 to that group, waits, then SIGKILLs it, and finally signals by PID any descendant that
 left the group (Flower starts some helpers detached). Nothing is ever killed by name.
+Each one has a :mod:`~mpsl_flwr.ops.watchdog` that does the same if the process that
+started it dies without stopping it (SIGKILL), and :func:`owned_temp_dir` makes the
+temporary directories they run in, removing those whose owner died.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -75,6 +79,8 @@ class ManagedProcess:
     log_path: Path
     timestamps: bool = True
     process: subprocess.Popen | None = None
+    # Stops the process group if this process dies without calling stop().
+    watchdog: subprocess.Popen | None = None
     _known: set[int] = field(default_factory=set)
     _pump: threading.Thread | None = None
 
@@ -101,6 +107,7 @@ class ManagedProcess:
             self._pump.start()
         else:
             log.close()
+        self.watchdog = spawn_watchdog(os.getpid(), self.process.pid)
         return self
 
     @property
@@ -152,9 +159,67 @@ class ManagedProcess:
                 self.process.wait(timeout=grace)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # helpers left in the group
-        _kill_pids(strays, grace)
+        kill_pids(strays, grace)
         if self._pump is not None:
             self._pump.join(timeout=grace)
+        if self.watchdog is not None:  # it ends once the group leader has
+            try:
+                self.watchdog.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.watchdog.kill()
+                self.watchdog.wait()
+
+
+def spawn_watchdog(owner: int, leader: int) -> subprocess.Popen:
+    """Start a :mod:`~mpsl_flwr.ops.watchdog` that stops ``leader``'s process group when
+    ``owner`` dies; it ends by itself once ``leader`` has ended."""
+    return subprocess.Popen(
+        [sys.executable, "-m", WATCHDOG, "--owner", str(owner), "--leader", str(leader)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+WATCHDOG = "mpsl_flwr.ops.watchdog"
+OWNER_FILE = "owner.pid"
+"""In a directory made by :func:`owned_temp_dir`: the PID of the process it belongs to."""
+
+
+@contextlib.contextmanager
+def owned_temp_dir(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A new temporary directory for the ``with`` block, removed on exit (``keep``: left,
+    and no longer marked as owned).
+
+    It holds :data:`OWNER_FILE`; directories of the same ``prefix`` whose owner has died
+    (a SIGKILLed launcher never ran its cleanup) are removed first. One without the file
+    is never touched: it may be another launcher's that has not written it yet.
+    """
+    remove_orphans(prefix)
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    (path / OWNER_FILE).write_text(str(os.getpid()))
+    try:
+        yield path
+    finally:
+        if keep:
+            (path / OWNER_FILE).unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_orphans(prefix: str) -> list[Path]:
+    """Remove the temporary directories of ``prefix`` whose owner process is dead."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        try:
+            owner = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(owner):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _copy_with_timestamps(source, sink) -> None:
@@ -167,7 +232,7 @@ def _copy_with_timestamps(source, sink) -> None:
             sink.flush()
 
 
-def _kill_pids(pids: set[int], grace: float) -> None:
+def kill_pids(pids: set[int], grace: float) -> None:
     """SIGTERM, then SIGKILL, each PID that is still alive (our own descendants only)."""
     alive = {p for p in pids if pid_alive(p)}
     for p in alive:

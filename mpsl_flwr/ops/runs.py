@@ -16,7 +16,8 @@ for the directory whose summary names its Flower run (:func:`own_run_dir`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,25 @@ def choose_run_dir(run_config: Mapping[str, Any], app_dir: Path) -> Path:
     if not cfg.resume:
         name = free_run_name(output_dir, name)
     return output_dir / name
+
+
+LOCAL_PATH_KEYS = ("data-dir", "pretrained", "node-registry")
+"""Run-config keys that name files on this machine."""
+
+
+def absolute_local_paths(run_config: Mapping[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """The relative :data:`LOCAL_PATH_KEYS` of ``run_config`` made absolute (``~``
+    expanded) against the directory the command was typed in (``cwd``, default the
+    current one), as a user means them: the ServerApp and ClientApps that read them may
+    run elsewhere (SuperNodes started in other directories; plain ``flwr run`` from
+    ``$FLWR_HOME``)."""
+    base = cwd or Path.cwd()
+    absolute = {}
+    for key in LOCAL_PATH_KEYS:
+        value = run_config.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            absolute[key] = str(base / Path(value).expanduser())
+    return absolute
 
 
 def own_run_dir(chosen: Path, run_id: int) -> Path | None:
@@ -72,6 +92,24 @@ def summary_status(run_dir: Path) -> str | None:
         return None
 
 
+LOGS = "logs"
+"""``<run-dir>/logs/``: the launcher's process logs, kept after its temporary dirs go."""
+
+
+def keep_logs(logs: Iterable[Path], run_dir: Path) -> Path:
+    """Copy the process logs ``logs`` (files or folders) into ``<run_dir>/logs/``, where
+    a failure message can point: the temporary directory that held them is removed when
+    the launcher exits. Returns that folder."""
+    target = run_dir / LOGS
+    target.mkdir(parents=True, exist_ok=True)
+    for path in logs:
+        if path.is_dir():
+            shutil.copytree(path, target / path.name, dirs_exist_ok=True)
+        elif path.is_file():
+            shutil.copy2(path, target / path.name)
+    return target
+
+
 @dataclass
 class RunOutcome:
     """How a ``flwr run`` ended and where its results are."""
@@ -80,6 +118,8 @@ class RunOutcome:
     status: str
     run_dir: Path
     wall_time_s: float
+    # Whether the run's log (with the ServerApp's results table) was streamed live.
+    streamed: bool = False
 
     @property
     def ok(self) -> bool:

@@ -35,6 +35,7 @@ from mpsl_flwr.ops.launch import flwr_run, local_superlink
 from mpsl_flwr.preflight import preflight
 from mpsl_flwr.project import PROJECT_DIR
 from mpsl_flwr.registry import strategy_spec
+from mpsl_flwr.results import draw_chance, epoch_axis
 
 
 def rounds_to_fraction_of_peak(curve: list[float], fraction: float = 0.95) -> int:
@@ -111,7 +112,8 @@ def summarise(
         exp = Experiment.from_config(cfg)
         metric = exp.task.headline
         per_seed = [[h[metric] for h in s["history"]] for s in summaries]
-        curves[strategy] = {"metric": metric, "curves": per_seed}
+        chance = exp.task.chance(exp.info.num_classes)
+        curves[strategy] = {"metric": metric, "curves": per_seed, "chance": chance}
         finals = [c[-1] for c in per_seed]
         mb = [
             np.mean([h["mb-up-per-client"] + h["mb-down-per-client"] for h in s["history"]])
@@ -172,27 +174,29 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> str:
 
 
 def plot_curves(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
-    """Test metric against epoch/round for every strategy (mean over seeds, ±std band)."""
+    """Test metric against epoch/round for every strategy: the mean over seeds, a band of
+    ± one standard deviation over seeds, and the chance line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    metric = ""
+    metric, chance = "", None
     for strategy, data in curves.items():
-        metric = data["metric"]
+        metric, chance = data["metric"], data.get("chance")
         length = min(len(c) for c in data["curves"])
         values = np.array([c[:length] for c in data["curves"]])
         x = np.arange(1, length + 1)
         mean, std = values.mean(0), values.std(0)
-        ax.plot(x, mean, marker="o", label=strategy)
+        seeds = len(values)
+        ax.plot(x, mean, marker="o", label=f"{strategy} (mean ± std, {seeds} seeds)")
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("epoch / round")
+    draw_chance(ax, chance)
+    epoch_axis(ax, "epoch / round")
     ax.set_ylabel(metric)
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,9 +11,7 @@ client for classification, images per pseudo-label for retrieval.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import tomllib
 from pathlib import Path
 
 from mpsl_flwr.config import RunConfig, resolve_config
@@ -63,21 +61,6 @@ def plot_partitions(
 
 def run(args: argparse.Namespace) -> None:
     """``mpsl-partition-plot`` with the arguments :func:`mpsl_flwr.cli.partition_plot` parsed."""
-    cfg = resolve_config(_quote_bare_strings(args.overrides))
+    cfg = resolve_config(args.overrides)
     path = plot_partitions(cfg, args.num_partitions, args.out, args.plot_type, args.size_unit)
     print(f"Wrote {path}")
-
-
-def _quote_bare_strings(items: list[str]) -> list[str]:
-    """Accept ``dataset=meld`` as well as flwr's ``dataset="meld"`` on a command line
-    (a shell eats the quotes unless they are escaped)."""
-    out = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if sep:
-            try:
-                tomllib.loads(f"v = {value}")
-            except tomllib.TOMLDecodeError:
-                item = f"{key}={json.dumps(value)}"
-        out.append(item)
-    return out

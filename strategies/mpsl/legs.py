@@ -85,45 +85,51 @@ class Legs:
         self.wire_dtype = P.wire_dtype(cfg.activation_dtype)
 
     def send(
-        self, contents: dict[int, RecordDict], message_type: str, group: str, stats: EpochStats
+        self,
+        contents: dict[int, RecordDict],
+        message_type: str,
+        group: str,
+        stats: EpochStats,
+        clients: Mapping[int, list[int]],
     ) -> dict[int, Message]:
-        """Exchange one leg; drop (with a warning) nodes that are busy, error or time out."""
+        """Exchange one leg; drop (with a warning) nodes that are busy, error or time out.
+
+        ``clients`` are the logical clients each node's message is for: a node that is
+        dropped drops each of them from the step, and each counts in ``stats``.
+        """
+
+        def drop(node_id: int, why: str, *args: object) -> None:
+            name = self.roster.node_name(node_id).capitalize()
+            log.warning(f"%s {why}; its clients are dropped from this step.", name, *args)
+            stats.dropped += len(clients.get(node_id, ())) or 1
+
         busy = self.exchange.busy_nodes()
         for node_id in sorted(busy & set(contents)):
-            log.warning(
-                "Node %d still holds an unanswered message; it sits out %s of step %s.",
+            drop(
                 node_id,
+                "still holds an unanswered message, so sits out %s of step %s",
                 message_type,
                 group,
             )
             del contents[node_id]
-            stats.dropped += 1
         replies, missing = self.exchange(
             make_messages(contents, message_type, group, message_ttl(self.cfg)),
             self.cfg.step_timeout,
         )
         for node_id in missing:
-            log.warning(
-                "Node %d did not answer %s of step %s within step-timeout (%.1fs); its "
-                "clients are dropped from this step.",
+            drop(
                 node_id,
+                "did not answer %s of step %s within step-timeout (%.1fs)",
                 message_type,
                 group,
                 self.cfg.step_timeout,
             )
-            stats.dropped += 1
         ok = {}
         for node_id, reply in replies.items():
             if (err := reply_error(reply)) is not None:
-                log.warning(
-                    "Node %d replied to %s of step %s with an error (%s); its clients are "
-                    "dropped from this step.",
-                    node_id,
-                    message_type,
-                    group,
-                    err,
+                drop(
+                    node_id, "replied to %s of step %s with an error (%s)", message_type, group, err
                 )
-                stats.dropped += 1
                 continue
             ok[node_id] = reply
         return ok
@@ -170,7 +176,7 @@ class Legs:
             )
             for node_id, cids in by_node.items()
         }
-        replies = self.send(contents, P.FORWARD, group, stats)
+        replies = self.send(contents, P.FORWARD, group, stats, by_node)
         self.roster.heard_from(replies)
         for node_id in replies:
             for cid in by_node[node_id]:
@@ -219,7 +225,7 @@ class Legs:
         }
         per_sample = 1.0 if tail is None else tail_gradient_bound(tail)
         grads = {}
-        for node_id, reply in self.send(contents, P.LOSS, group, stats).items():
+        for node_id, reply in self.send(contents, P.LOSS, group, stats, by_node).items():
             shapes = {c: tuple(outputs[c].shape) for c in by_node[node_id]}
             results, rejected = P.read_loss(reply.content, shapes, self.limit, per_sample)
             self._reject(node_id, P.LOSS, rejected, stats)
@@ -241,6 +247,7 @@ class Legs:
         stats: EpochStats,
     ) -> dict[int, tuple[P.BatchPlan, Activations]]:
         """Send the cut-layer gradients; return the next batches' activations (prefetch)."""
+        by_node = self.roster.by_node(plans)
         contents = {
             node_id: P.backward_request(
                 {c: plans[c] for c in cids},
@@ -249,9 +256,9 @@ class Legs:
                 {c: next_plans[c] for c in cids if c in next_plans},
                 self.wire_dtype,
             )
-            for node_id, cids in self.roster.by_node(plans).items()
+            for node_id, cids in by_node.items()
         }
-        replies = self.send(contents, P.BACKWARD, group, stats)
+        replies = self.send(contents, P.BACKWARD, group, stats, by_node)
         acts = self._activations(replies, next_plans, P.BACKWARD, stats)
         return {cid: (next_plans[cid], a) for cid, a in acts.items()}
 
@@ -264,7 +271,9 @@ class Legs:
         expected = trainable_state(self.roster.head)
         heads: dict[int, ArrayRecord] = {}
         # A node that does not answer misses one average, not a step: not counted.
-        for node_id, reply in self.send(contents, P.QUERY_HEAD, group, EpochStats()).items():
+        for node_id, reply in self.send(
+            contents, P.QUERY_HEAD, group, EpochStats(), by_node
+        ).items():
             got, rejected = P.read_heads(reply.content, by_node[node_id], expected, self.limit)
             self._reject(node_id, P.QUERY_HEAD, rejected, stats, "left out of the head average")
             heads.update(got)
@@ -279,7 +288,9 @@ class Legs:
         head_shapes = {name: tuple(t.shape) for name, t in head.items()}
         param_shapes = [tuple(t.shape) for t in head.values()]
         states: dict[int, dict[str, object]] = {}
-        for node_id, reply in self.send(contents, P.QUERY_STATE, group, EpochStats()).items():
+        for node_id, reply in self.send(
+            contents, P.QUERY_STATE, group, EpochStats(), by_node
+        ).items():
             got, rejected = P.read_states(
                 reply.content, by_node[node_id], head_shapes, param_shapes, self.limit
             )

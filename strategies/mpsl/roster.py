@@ -56,6 +56,13 @@ class Roster:
     def node_of(self, cid: int) -> int:
         return self.clients[cid].node_id
 
+    def node_name(self, node_id: int) -> str:
+        """``node <id> (clients 3, 4)``: a node as a warning names it, by the logical
+        clients it serves (Flower's 19-digit ids alone say nothing to a reader)."""
+        cids = sorted(c for c, i in self.clients.items() if i.node_id == node_id)
+        served = f"client {cids[0]}" if len(cids) == 1 else f"clients {_span(cids)}"
+        return f"node {node_id} ({served if cids else 'no clients'})"
+
     # ------------------------------------------------------------------ membership
     def refresh(
         self, grid: Grid, exchange: Exchange, timeout: float, ttl: float, max_partition_size: int
@@ -172,3 +179,9 @@ class Roster:
         avg = aggregate_arrayrecords(records, "num-examples")
         load_trainable_state(self.head, from_array_record(avg))
         return True
+
+
+def _span(cids: list[int], shown: int = 6) -> str:
+    """``3, 4, 5`` or, for many, ``0, 1, 2, 3, 4, 5 ... (250 in all)``."""
+    head = ", ".join(map(str, cids[:shown]))
+    return head if len(cids) <= shown else f"{head} ... ({len(cids)} in all)"

@@ -34,7 +34,9 @@ LAYOUT = """
   train_splits/dia<D>_utt<U>.mp4
   output_repeated_splits_test/dia<D>_utt<U>.mp4
 """
-EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+# The release's own label ids (declare-lab/MELD README, "Labelling"), so that predictions
+# compare with its baselines and the papers that use them.
+EMOTIONS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 COLUMNS = ("Utterance", "Emotion", "Dialogue_ID", "Utterance_ID")
 SPLITS = {
     "train": ("train_sent_emo.csv", "train_splits"),
