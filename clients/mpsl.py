@@ -9,6 +9,7 @@ and never put into a reply.
 from __future__ import annotations
 
 from flwr.app import ArrayRecord, Context, Message, RecordDict
+from torch import Tensor
 
 from clients.runtime import NodeRuntime, head_state_key
 from mpsl_flwr.models.split_model import load_trainable_state
@@ -26,7 +27,7 @@ def forward(msg: Message, context: Context) -> Message:
     """
     rt = NodeRuntime.from_context(context)
     request = P.read_forward_request(msg.content)
-    reply = RecordDict()
+    acts: dict[int, dict[str, Tensor]] = {}
     for cid, plan in request.plans.items():
         rt.check_client(cid)
         for part, key in zip(P.CLIENT_STATE_PARTS, rt.state_keys(cid), strict=True):
@@ -36,8 +37,8 @@ def forward(msg: Message, context: Context) -> Message:
         if request.head is not None:
             load_trainable_state(client.head, from_array_record(request.head))
             save_module(context.state, head_state_key(cid), client.head)
-        _put_activations(reply, rt, cid, client, plan)
-    return Message(reply, reply_to=msg)
+        _draw(acts, cid, client, plan)
+    return _reply_activations(msg, rt, acts)
 
 
 def loss(msg: Message, context: Context) -> Message:
@@ -47,13 +48,15 @@ def loss(msg: Message, context: Context) -> Message:
     """
     rt = NodeRuntime.from_context(context)
     request = P.read_loss_request(msg.content)
-    reply = RecordDict()
+    results = {}
     for cid, (plan, output) in request.outputs.items():
         rt.check_client(cid)
         client = rt.split_client(cid, context.state)
-        P.put_loss(reply, cid, P.LossResult(*client.loss_grad(plan, output, request.lr)))
+        results[cid] = P.LossResult(*client.loss_grad(plan, output, request.lr))
         if client.head.classifier is not None:
             rt.save(cid, context.state, client)
+    reply = RecordDict()
+    P.put_loss(reply, results)
     return Message(reply, reply_to=msg)
 
 
@@ -61,14 +64,14 @@ def backward(msg: Message, context: Context) -> Message:
     """Apply the cut-layer gradient, save the head, and draw the next batch if asked."""
     rt = NodeRuntime.from_context(context)
     request = P.read_backward_request(msg.content)
-    reply = RecordDict()
+    acts: dict[int, dict[str, Tensor]] = {}
     for cid, plan in request.plans.items():
         client = rt.split_client(cid, context.state)
         client.apply_cut_grad(plan, request.cut[cid], request.lr)
         rt.save(cid, context.state, client)
         if cid in request.next_plans:
-            _put_activations(reply, rt, cid, client, request.next_plans[cid])
-    return Message(reply, reply_to=msg)
+            _draw(acts, cid, client, request.next_plans[cid])
+    return _reply_activations(msg, rt, acts)
 
 
 def query_head(msg: Message, context: Context) -> Message:
@@ -98,15 +101,24 @@ def query_state(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def _put_activations(
-    reply: RecordDict, rt: NodeRuntime, cid: int, client: SplitClient, plan: P.BatchPlan
+def _draw(
+    acts: dict[int, dict[str, Tensor]], cid: int, client: SplitClient, plan: P.BatchPlan
 ) -> None:
+    """Add client ``cid``'s activations for ``plan`` to ``acts``, unless it has no data."""
     if plan.size <= 0:
         return
-    acts = client.activations(plan)
-    if not acts or next(iter(acts.values())).shape[0] == 0:
-        return
-    P.put_activations(reply, cid, acts, P.wire_dtype(rt.cfg.activation_dtype))
+    drawn = client.activations(plan)
+    if drawn and next(iter(drawn.values())).shape[0] > 0:
+        acts[cid] = drawn
+
+
+def _reply_activations(
+    msg: Message, rt: NodeRuntime, acts: dict[int, dict[str, Tensor]]
+) -> Message:
+    """The reply carrying the activations of the node's clients, packed in the wire dtype."""
+    reply = RecordDict()
+    P.put_activations(reply, acts, P.wire_dtype(rt.cfg.activation_dtype))
+    return Message(reply, reply_to=msg)
 
 
 # The training legs report their compute time (the server's per-step timings).

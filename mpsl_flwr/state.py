@@ -39,7 +39,10 @@ def to_array_record(tensors: dict[str, Tensor], dtype: torch.dtype | None = None
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         if t.dtype == torch.bfloat16:
-            raise TypeError(f"'{name}' is bfloat16, which ArrayRecord cannot carry; use float16.")
+            raise TypeError(
+                f"'{name}' is bfloat16, which ArrayRecord cannot carry as such; "
+                "mpsl_flwr.protocol.packing.encode carries its bit patterns."
+            )
         record[name] = Array(np.ascontiguousarray(t.cpu().numpy()))
     return record
 

@@ -44,7 +44,7 @@ def _huge(a):
     return np.tile(a, (1, reps) + (1,) * (a.ndim - 2))
 
 
-def run_one_step_with(tiny, key_prefix: str, change, **overrides):
+def run_one_step_with(tiny, record: str, change, **overrides):
     """One node, one step per epoch (batch >= data); the node's reply is tampered with."""
     cfg = tiny(synthetic_train_size=16, batch_size=16, **overrides)
     mpsl = MPSL(Experiment.from_config(cfg))
@@ -54,7 +54,7 @@ def run_one_step_with(tiny, key_prefix: str, change, **overrides):
     def reply_fault(node_id, reply):
         if reply.has_content():
             for name in list(reply.content.array_records):
-                if name.startswith(key_prefix):
+                if name == record:
                     reply.content[name] = _tamper(reply.content[name], change)
         return reply
 
@@ -74,14 +74,12 @@ def run_one_step_with(tiny, key_prefix: str, change, **overrides):
         (_huge, "exceeds max-client-mb", {"max_client_mb": 1.0}),
     ],
 )
-@pytest.mark.parametrize(
-    ("prefix", "what"), [("act.", "activations"), ("grad.", "output gradient")]
-)
+@pytest.mark.parametrize(("record", "what"), [(P.ACT, "activations"), (P.GRAD, "output gradient")])
 def test_bad_arrays_are_rejected_and_leave_the_server_untouched(
-    tiny, caplog, change, reason, overrides, prefix, what
+    tiny, caplog, change, reason, overrides, record, what
 ):
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        before, after, rows = run_one_step_with(tiny, prefix, change, **overrides)
+        before, after, rows = run_one_step_with(tiny, record, change, **overrides)
     assert f"Client 0 (node 1000) sent bad {what}" in caplog.text
     assert reason in caplog.text
     # The one step of the epoch, and the one overtime step that retries the client.
@@ -92,7 +90,7 @@ def test_bad_arrays_are_rejected_and_leave_the_server_untouched(
 
 
 def test_a_good_step_does_change_the_server(tiny):
-    before, after, rows = run_one_step_with(tiny, "none.", lambda a: a)
+    before, after, rows = run_one_step_with(tiny, "none", lambda a: a)
     assert rows[0]["dropped-client-steps"] == 0
     assert any(not torch.equal(after[k], v) for k, v in before.items())
 
@@ -104,7 +102,7 @@ def test_other_clients_still_train_when_one_is_bad(tiny, caplog):
     def poison_node_1001(node_id, reply):
         if node_id == 1001 and reply.has_content():
             for name in list(reply.content.array_records):
-                if name.startswith(P.act_key(1)):
+                if name == P.ACT:
                     reply.content[name] = _tamper(reply.content[name], _nan)
         return reply
 

@@ -13,8 +13,11 @@ rows than planned), 4 (huge values) and 6 (lying statistics) in
 checkpointed state in ``test_a_bad_client_state_is_left_out_of_the_checkpoint``; 3
 (heads) in ``test_a_bad_head_is_left_out_of_the_average``; 5 (identity) and 6
 (discovery) in the discovery and registry tests below; runs that trained nothing in
-``test_an_epoch_that_trained_nothing_fails_the_run``. Item 7 (a virtual client that
-kills its process) needs a real Ray simulation:
+``test_an_epoch_that_trained_nothing_fails_the_run``. The packed form of issue 14 (one
+array per stream for all clients of a node, an index checked against the plan) in
+``test_a_bad_packed_reply_drops_its_clients_and_only_them``, bfloat16 payloads in
+``test_a_bad_bfloat16_payload_is_rejected_and_leaves_the_server_untouched``. Item 7 (a
+virtual client that kills its process) needs a real Ray simulation:
 ``tests/test_e2e.py::test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down``.
 Item 8 (deployment access) needs real SuperLink, nginx and SuperNode processes:
 ``tests/test_deploy.py::test_tls_auth_deployment_runs_mpsl_and_refuses_unregistered_nodes``.
@@ -134,9 +137,15 @@ def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def run_with(
-    tiny, leg: str, tamper: Tamper, nodes: int = 1, bad_node: int = 1000, **overrides
+    tiny,
+    leg: str | tuple[str, ...],
+    tamper: Tamper,
+    nodes: int = 1,
+    bad_node: int = 1000,
+    **overrides,
 ) -> Outcome:
-    """``nodes`` nodes; node ``bad_node``'s replies to ``leg`` go through ``tamper``.
+    """``nodes`` nodes; node ``bad_node``'s replies to ``leg`` (or to any of several legs)
+    go through ``tamper``.
 
     With one node (the default) one step covers the whole epoch (batch >= data), so the
     bad reply is the only one of its leg and must leave the server untouched.
@@ -152,7 +161,8 @@ def run_with(
     grid = LocalGrid(client_app, nodes, cfg.to_mapping())
 
     def reply_fault(node_id: int, reply: Message) -> Message:
-        if node_id == bad_node and reply.has_content() and reply.metadata.message_type == leg:
+        legs = (leg,) if isinstance(leg, str) else leg
+        if node_id == bad_node and reply.has_content() and reply.metadata.message_type in legs:
             tamper(reply.content)
         return reply
 
@@ -184,7 +194,7 @@ def _start_with_fault(cfg, grid: LocalGrid, fault, caplog) -> tuple[MPSL, list]:
     return mpsl, rows
 
 
-ACT, GRAD, STATS = P.act_key(0), P.grad_key(0), P.stats_key(0)
+ACT, GRAD, STATS = P.ACT, P.GRAD, P.STATS
 
 # (leg, tamper, what the warning says after "sent bad", the problem it names)
 STEP_ATTACKS = {
@@ -209,14 +219,15 @@ STEP_ATTACKS = {
         "payload",
     ),
     "act-unknown-stype": (P.FORWARD, _arrays(ACT, _unknown_stype), "activations", "stype"),
-    "loss-without-stats": (P.LOSS, _delete(STATS), "statistics", "no 'stats.0'"),
+    "loss-without-stats": (P.LOSS, _delete(STATS), "statistics", "no 'stats'"),
     "loss-num-examples-nan": (
         P.LOSS,
-        _stats(STATS, num_examples=float("nan")),
+        _stats(STATS, num_examples=[float("nan")]),
         "statistics",
         "num-examples",
     ),
-    "loss-as-list": (P.LOSS, _stats(STATS, loss=[1.0, 2.0]), "statistics", "'loss'"),
+    "loss-not-a-list": (P.LOSS, _stats(STATS, loss=1.0), "statistics", "'loss'"),
+    "loss-list-too-long": (P.LOSS, _stats(STATS, loss=[1.0, 2.0]), "statistics", "'loss'"),
     "act-stats-as-configrecord": (
         P.FORWARD,
         _replace(STATS, ConfigRecord({"num-examples": 16})),
@@ -232,18 +243,18 @@ STEP_ATTACKS = {
     "act-1e30": (P.FORWARD, _values(ACT, lambda a: a * 1e30), "activations", "max-abs-activation"),
     "grad-1e3": (P.LOSS, _values(GRAD, lambda a: a * 1e3), "output gradient", "exceeds"),
     # 5. Lying statistics.
-    "loss-correct-too-many": (P.LOSS, _stats(STATS, correct=93750), "statistics", "'correct'"),
-    "loss-negative": (P.LOSS, _stats(STATS, loss=-7e9), "statistics", "'loss'"),
-    "loss-infinite": (P.LOSS, _stats(STATS, loss=float("inf")), "statistics", "'loss'"),
+    "loss-correct-too-many": (P.LOSS, _stats(STATS, correct=[93750]), "statistics", "'correct'"),
+    "loss-negative": (P.LOSS, _stats(STATS, loss=[-7e9]), "statistics", "'loss'"),
+    "loss-infinite": (P.LOSS, _stats(STATS, loss=[float("inf")]), "statistics", "'loss'"),
     "loss-num-examples-lie": (
         P.LOSS,
-        _stats(STATS, num_examples=1000),
+        _stats(STATS, num_examples=[1000]),
         "statistics",
         "num-examples",
     ),
     "act-num-examples-lie": (
         P.FORWARD,
-        _stats(STATS, num_examples=1000),
+        _stats(STATS, num_examples=[1000]),
         "statistics",
         "num-examples",
     ),
@@ -265,11 +276,56 @@ def test_a_bad_step_reply_is_rejected_named_and_leaves_the_server_untouched(tiny
     assert_identical(out.server_before, out.server_after)
 
 
+def _relabel(dtype: str) -> Callable[[Array], Array]:
+    """The same payload bytes behind a header that declares ``dtype``."""
+    return lambda a: Array(dtype, tuple(a.shape), a.stype, a.data)
+
+
+def _bf16_bits(change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Array], Array]:
+    """Rewrite a bfloat16 Array's bit patterns (uint16) with ``change``."""
+    return lambda a: Array(
+        "bfloat16", tuple(a.shape), a.stype, Array(change(a.numpy().copy())).data
+    )
+
+
+# A bfloat16 run: the payload is checked as strictly as in float32 (after its bit
+# patterns are read back as values: a bfloat16 can hold 1e30, which float16 cannot).
+BF16_ATTACKS = {
+    "header-vs-payload": (_arrays(ACT, _header_disagrees), "payload"),
+    "claims-float16": (_arrays(ACT, _relabel("float16")), "payload holds uint16"),
+    "claims-float32": (_arrays(ACT, _relabel("float32")), "payload holds uint16"),
+    "more-rows": (_arrays(ACT, _rows(2)), "payload"),
+    "nan-bits": (_arrays(ACT, _bf16_bits(lambda u: np.full_like(u, 0x7FC0))), "NaN or Inf"),
+    "inf-bits": (_arrays(ACT, _bf16_bits(lambda u: np.full_like(u, 0xFF80))), "NaN or Inf"),
+    "1e30": (  # 0x7149 is the bfloat16 of about 1e30
+        _arrays(ACT, _bf16_bits(lambda u: np.full_like(u, 0x7149))),
+        "max-abs-activation",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", list(BF16_ATTACKS))
+def test_a_bad_bfloat16_payload_is_rejected_and_leaves_the_server_untouched(tiny, caplog, attack):
+    tamper, problem = BF16_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(tiny, P.FORWARD, tamper, activation_dtype="bfloat16")
+    warning = next(r.getMessage() for r in caplog.records if "sent bad" in r.getMessage())
+    assert "Client 0 (node 1000) sent bad activations" in warning and problem in warning
+    assert out.rows[0]["samples-trained"] == 0
+    assert_identical(out.server_before, out.server_after)
+
+
+def test_an_honest_bfloat16_run_passes_the_gate_and_trains(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(tiny, "none", lambda content: None, activation_dtype="bfloat16")
+    assert "sent bad" not in caplog.text
+    assert out.rows[0]["samples-trained"] == 16
+    assert any(not torch.equal(out.server_after[k], v) for k, v in out.server_before.items())
+
+
 def test_other_clients_still_train_when_one_sends_huge_activations(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        out = run_with(
-            tiny, P.FORWARD, _values(P.act_key(1), lambda a: a * 1e30), nodes=3, bad_node=1001
-        )
+        out = run_with(tiny, P.FORWARD, _values(P.ACT, lambda a: a * 1e30), nodes=3, bad_node=1001)
     assert "Client 1 (node 1001) sent bad activations" in caplog.text
     assert 0 < out.rows[0]["samples-trained"] < 96
     assert all(torch.isfinite(v).all() for v in out.server_after.values())
@@ -281,6 +337,141 @@ def test_the_happy_path_passes_the_gate(tiny, caplog):
     assert "sent bad" not in caplog.text
     assert out.rows[0]["dropped-client-steps"] == 0
     assert out.rows[0]["samples-trained"] == 96
+
+
+# ------------------------------------------------------------------ packed payloads
+# Two nodes of two clients each: node 1000 packs clients 0 and 1 into one array per
+# stream. Every check applies to the packed form; what is malformed as a whole drops
+# both of its clients, a bad value only its own (issue 14).
+ACT_LEGS = (P.FORWARD, P.BACKWARD)  # activations come back in both (prefetch)
+
+
+def _restat(change: Callable[[dict], None]) -> Tamper:
+    """Rewrite the index/statistics of a reply with ``change`` (on a dict of lists)."""
+
+    def tamper(content: RecordDict) -> None:
+        values = {k: list(v) for k, v in content[STATS].items()}  # type: ignore[union-attr, arg-type]
+        change(values)
+        content[STATS] = MetricRecord(values)  # type: ignore[arg-type]
+
+    return tamper
+
+
+def _shift_offsets(values: dict) -> None:
+    """Move a row from the second client to the first (same total: only the offsets lie)."""
+    rows = values["num-examples"]
+    rows[0] += 1
+    if len(rows) > 1:
+        rows[1] -= 1
+
+
+def _of_client(key: str, cid: int, change: Callable[[np.ndarray], np.ndarray]) -> Tamper:
+    """Rewrite only client ``cid``'s rows of the packed record ``key``, where listed."""
+
+    def tamper(content: RecordDict) -> None:
+        clients = list(content[STATS]["clients"])  # type: ignore[arg-type]
+        if cid not in clients:
+            return
+        rows = list(content[STATS]["num-examples"])  # type: ignore[arg-type]
+        start = sum(rows[: clients.index(cid)])
+        stop = start + rows[clients.index(cid)]
+
+        def edit(values: np.ndarray) -> np.ndarray:
+            values[start:stop] = change(values[start:stop])
+            return values
+
+        _values(key, edit)(content)
+
+    return tamper
+
+
+def _tile_past(nbytes: float) -> Callable[[np.ndarray], np.ndarray]:
+    """More tokens than planned, until the payload holds more than ``nbytes``."""
+    return lambda a: np.tile(a, (1, int(np.ceil(nbytes / a.nbytes))) + (1,) * (a.ndim - 2))
+
+
+def _loss_of_client_1(values: dict) -> None:
+    if 1 in values["clients"]:
+        values["loss"][values["clients"].index(1)] = -1.0
+
+
+BOTH, ONE = {0, 1}, {1}
+# (legs, tamper, what the warning says after "sent bad", the problem, who is dropped)
+PACKED_ATTACKS = {
+    "act-clients-out-of-order": (
+        ACT_LEGS,
+        _restat(
+            lambda v: v["clients"].reverse() if len(v["clients"]) > 1 else v.update(clients=[7])
+        ),
+        "statistics",
+        "'clients'",
+        BOTH,
+    ),
+    "act-offsets-not-the-plan": (
+        ACT_LEGS,
+        _restat(_shift_offsets),
+        "statistics",
+        "num-examples",
+        BOTH,
+    ),
+    "act-short-payload": (ACT_LEGS, _arrays(ACT, _rows(0.5)), "activations", "payload", BOTH),
+    "act-wrong-dtype": (
+        ACT_LEGS,
+        _values(ACT, lambda a: a.astype(np.float64)),
+        "activations",
+        "has dtype float64",
+        BOTH,
+    ),
+    "act-too-large": (
+        ACT_LEGS,
+        _values(ACT, _tile_past(2.5e6)),
+        "activations",
+        "max-client-mb",
+        BOTH,
+    ),
+    "act-nan-in-one-client": (
+        ACT_LEGS,
+        _of_client(ACT, 1, lambda a: a * np.nan),
+        "activations",
+        "NaN or Inf",
+        ONE,
+    ),
+    "grad-offsets-not-the-plan": (
+        P.LOSS,
+        _restat(_shift_offsets),
+        "statistics",
+        "num-examples",
+        BOTH,
+    ),
+    "loss-negative-for-one-client": (
+        P.LOSS,
+        _restat(_loss_of_client_1),
+        "statistics",
+        "'loss' of client 1",
+        ONE,
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", list(PACKED_ATTACKS))
+def test_a_bad_packed_reply_drops_its_clients_and_only_them(tiny, caplog, attack):
+    legs, tamper, what, problem, dropped = PACKED_ATTACKS[attack]
+    with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
+        out = run_with(
+            tiny,
+            legs,
+            lambda content: tamper(content) if STATS in content else None,  # a payload
+            nodes=2,
+            clients_per_node=2,
+            max_client_mb=1.0,
+        )
+    warnings = [r.getMessage() for r in caplog.records if "sent bad" in r.getMessage()]
+    named = {int(w.split()[1]) for w in warnings}
+    assert named == dropped, warnings
+    assert all("(node 1000)" in w and what in w and problem in w for w in warnings), warnings
+    sizes = {cid: c.num_examples for cid, c in out.mpsl.clients.items()}
+    assert out.rows[0]["samples-trained"] == sum(n for c, n in sizes.items() if c not in dropped)
+    assert all(torch.isfinite(v).all() for v in out.server_after.values())
 
 
 # ------------------------------------------------------------------ 3. heads
@@ -432,8 +623,8 @@ def test_an_epoch_that_trained_nothing_fails_the_run(tiny, tmp_path):
     grid = LocalGrid(client_app, 1, cfg.to_mapping())
 
     def poison(node_id: int, reply: Message) -> Message:
-        if reply.has_content() and P.act_key(0) in reply.content:
-            _values(P.act_key(0), lambda a: a * np.nan)(reply.content)
+        if reply.has_content() and P.ACT in reply.content:
+            _values(P.ACT, lambda a: a * np.nan)(reply.content)
         return reply
 
     grid.reply_fault = poison

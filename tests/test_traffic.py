@@ -1,7 +1,9 @@
 """Bytes per client per epoch, measured on the real messages, against the analytic size.
 
 MPSL moves, per sample a client trains, its cut-layer activations up and their gradients
-down (tokens x width x dtype size), plus its head once each way per epoch. FedAvg moves
+down (tokens x width x dtype size), plus its head once each way per epoch (down: once per
+node, which loads it for all its clients). With several clients per node every leg packs
+them into one array per stream, which must cost no more than the analytic size either. FedAvg moves
 the trainable arrays once each way per round. Everything else in the messages (configs,
 metrics, record framing) must stay under 2%.
 """
@@ -27,10 +29,13 @@ def mpsl_rows(cfg):
     return mpsl.exp, mpsl.head, rows
 
 
-def analytic_mpsl_mb(head, row, dtype_bytes: int) -> float:
+def analytic_mpsl_mb(head, row, dtype_bytes: int, per_node: int = 1, way: str = "up") -> float:
+    """MB per client: its cut-layer rows, and its head (down: a node's one copy, shared)."""
     per_sample = sum(head.stream_lengths().values()) * head.width * dtype_bytes
-    cut_layer = row["samples-trained"] * per_sample / NODES
-    return (cut_layer + count_trainable(head) * 4) / 1e6
+    clients = NODES * per_node
+    cut_layer = row["samples-trained"] * per_sample / clients
+    heads = count_trainable(head) * 4 / (per_node if way == "down" else 1)
+    return (cut_layer + heads) / 1e6
 
 
 @pytest.mark.parametrize("fusion", ["early", "late"])
@@ -42,12 +47,13 @@ def test_mpsl_traffic_matches_the_analytic_size(tiny, fusion):
     assert rows[0]["mb-down-per-client"] == pytest.approx(expected, rel=0.02)
 
 
-def test_float16_activations_halve_the_cut_layer_traffic(tiny):
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_activations_halve_the_cut_layer_traffic(tiny, dtype):
     base = dict(
         dirichlet_alpha=1000.0, checkpoint_every=0, encoder_depth=1, synthetic_train_size=192
     )
     _, head, rows32 = mpsl_rows(tiny(**base))
-    _, _, rows16 = mpsl_rows(tiny(**base, activation_dtype="float16"))
+    _, _, rows16 = mpsl_rows(tiny(**base, activation_dtype=dtype))
     head_mb = count_trainable(head) * 4 / 1e6
     for way in ("up", "down"):
         cut32 = rows32[0][f"mb-{way}-per-client"] - head_mb
@@ -56,6 +62,26 @@ def test_float16_activations_halve_the_cut_layer_traffic(tiny):
         assert rows16[0][f"mb-{way}-per-client"] == pytest.approx(
             analytic_mpsl_mb(head, rows16[0], 2), rel=0.02
         )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packed_traffic_matches_the_analytic_size(tiny, dtype):
+    """Four clients per node, each leg one array per stream for all four."""
+    cfg = tiny(
+        clients_per_node=4,
+        dirichlet_alpha=1000.0,
+        checkpoint_every=0,
+        encoder_depth=1,
+        synthetic_train_size=192,
+        batch_size=48,
+        activation_dtype=dtype,
+    )
+    _, head, rows = mpsl_rows(cfg)
+    size = 4 if dtype == "float32" else 2
+    for way in ("up", "down"):
+        assert rows[0][f"mb-{way}-per-client"] == pytest.approx(
+            analytic_mpsl_mb(head, rows[0], size, per_node=4, way=way), rel=0.02
+        ), way
 
 
 def test_fedavg_traffic_is_the_trainable_arrays_once_each_way(tiny):

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from mpsl_flwr.protocol import mpsl as P
+from mpsl_flwr.protocol.gate import PayloadError, packed_index
 from mpsl_flwr.protocol.transport import GridWrapper
 
 
@@ -140,8 +141,24 @@ class Observation:
         return int(next(iter(self.arrays.values())).shape[0])
 
 
-def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: np.asarray(a.numpy(), dtype=np.float32) for name, a in record.items()}
+def _per_client(record: object, rows: dict[int, int]) -> dict[int, dict[str, np.ndarray]]:
+    """A packed record's float32 arrays per client (none if it is not an ArrayRecord)."""
+    if not isinstance(record, ArrayRecord) or not rows:
+        return {}
+    return {
+        cid: {name: t.numpy() for name, t in tensors.items()}
+        for cid, tensors in P.unpacked(record, rows).items()
+    }
+
+
+def _reply_rows(content: RecordDict, plans: dict[int, P.BatchPlan]) -> dict[int, int]:
+    """The rows of each client of a packed reply, as its index states them (checked
+    against the plan; none if the index is not what an honest client sends)."""
+    stats = content.get(P.STATS)
+    try:
+        return packed_index(stats, P.rows_of(plans)) if isinstance(stats, MetricRecord) else {}
+    except PayloadError:
+        return {}
 
 
 def _plans(content: RecordDict) -> dict[int, P.BatchPlan]:
@@ -150,42 +167,40 @@ def _plans(content: RecordDict) -> dict[int, P.BatchPlan]:
 
 
 def loss_exchanges(grid: RecordingGrid) -> list[tuple[Observation, Observation]]:
-    """Every recorded ``train.loss`` exchange of one client: what the server sent
-    (``out.<cid>``: logits, or a client tail's pooled embeddings) and the ``grad.<cid>``
-    (``dL_n/dz_n``) that came back, each with the batch plan of the request."""
+    """Every recorded ``train.loss`` exchange of one client: what the server sent (its
+    rows of ``out``: logits, or a client tail's pooled embeddings) and its rows of the
+    ``grad`` (``dL_n/dz_n``) that came back, each with the batch plan of the request."""
     requests = {m.message_id: m for m in grid.sent if m.message_type == P.LOSS}
     found = []
     for reply in grid.received:
         request = requests.get(reply.message_id)
         if reply.message_type != P.LOSS or request is None:
             continue
-        for cid, plan in sorted(_plans(request.content).items()):
-            grad = reply.content.get(P.grad_key(cid))
-            out = request.content.get(P.out_key(cid))
-            if isinstance(grad, ArrayRecord) and isinstance(out, ArrayRecord):
-                at = (reply.epoch, reply.step, cid, reply.node_id, plan)
-                found.append((Observation(*at, _arrays(out)), Observation(*at, _arrays(grad))))
+        plans = _plans(request.content)
+        outs = _per_client(request.content.get(P.OUT), P.rows_of(plans))
+        grads = _per_client(reply.content.get(P.GRAD), _reply_rows(reply.content, plans))
+        for cid in sorted(grads.keys() & outs.keys()):
+            at = (reply.epoch, reply.step, cid, reply.node_id, plans[cid])
+            found.append((Observation(*at, outs[cid]), Observation(*at, grads[cid])))
     return found
 
 
 def loss_gradients(grid: RecordingGrid) -> list[Observation]:
-    """``grad.<cid>`` of every recorded ``train.loss`` reply, with its batch plan."""
+    """Each client's ``dL_n/dz_n`` of every recorded ``train.loss`` reply, with its plan."""
     return [grad for _, grad in loss_exchanges(grid)]
 
 
 def cut_gradients(grid: RecordingGrid) -> list[Observation]:
-    """``cut.<cid>`` of every recorded ``train.backward`` request: the cut-layer gradients
-    the server computed from the loss-leg replies (one array per stream)."""
+    """Each client's rows of the ``cut`` of every recorded ``train.backward`` request: the
+    cut-layer gradients the server computed from the loss-leg replies (one array per
+    stream)."""
     found = []
     for msg in grid.sent:
         if msg.message_type != P.BACKWARD:
             continue
-        for cid, plan in sorted(_plans(msg.content).items()):
-            record = msg.content.get(P.cut_key(cid))
-            if isinstance(record, ArrayRecord):
-                found.append(
-                    Observation(msg.epoch, msg.step, cid, msg.node_id, plan, _arrays(record))
-                )
+        plans = _plans(msg.content)
+        for cid, arrays in sorted(_per_client(msg.content.get(P.CUT), P.rows_of(plans)).items()):
+            found.append(Observation(msg.epoch, msg.step, cid, msg.node_id, plans[cid], arrays))
     return found
 
 

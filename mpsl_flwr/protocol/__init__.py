@@ -8,27 +8,33 @@
   what the server sends, how the client reads it, what the client replies, and how the
   server reads and checks that reply before anything of it touches the server model.
 
-Records are keyed by *logical client id* (the data partition), not by Flower node id, so
+* :mod:`~mpsl_flwr.protocol.packing`: the wire form of the cut-layer tensors: one array
+  per stream for all of a node's clients, in float32, float16 or bfloat16.
+
+Clients are named by *logical client id* (the data partition), not by Flower node id, so
 one node may serve several clients in one message.
 """
 
 from mpsl_flwr.protocol.mpsl import (
+    ACT,
     BACKWARD,
     CONFIG,
     FORWARD,
+    GRAD,
     LOSS,
     QUERY_HEAD,
     QUERY_STATE,
     BatchPlan,
-    act_key,
     read_plans,
 )
 from mpsl_flwr.protocol.transport import Exchange, MeteredGrid, TrafficMeter
 
 __all__ = [
+    "ACT",
     "BACKWARD",
     "CONFIG",
     "FORWARD",
+    "GRAD",
     "LOSS",
     "QUERY_HEAD",
     "QUERY_STATE",
@@ -36,6 +42,5 @@ __all__ = [
     "Exchange",
     "MeteredGrid",
     "TrafficMeter",
-    "act_key",
     "read_plans",
 ]

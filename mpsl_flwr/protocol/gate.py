@@ -5,7 +5,9 @@ through these checks before any of it is decoded into the server's tensors, the 
 or the roster: the record's type; for arrays, the size, names, dtype whitelist, the exact
 expected shape, the serialization type, the ``.npy`` header against the Array header, the
 payload's byte length against both, and finiteness and a magnitude bound of the values;
-for statistics, their type and range. A failed check raises :class:`PayloadError`, whose
+for statistics, their type and range; for a packed payload (one array per stream for all
+clients of a node, :mod:`mpsl_flwr.protocol.packing`), its index against the plan. A
+failed check raises :class:`PayloadError`, whose
 message names what was wrong; the leg that asked turns it into a warning naming client,
 node and leg, and drops that client from the step.
 """
@@ -24,8 +26,9 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
-WIRE_DTYPES = ("float32", "float16")
-NUMPY_STYPE = "numpy.ndarray"  # flwr's SType.NUMPY: the raw bytes of a .npy file
+from mpsl_flwr.protocol.packing import NUMPY_STYPE, carrier, to_float32
+
+WIRE_DTYPES = ("float32", "float16", "bfloat16")
 _NPY_MAGIC = b"\x93NUMPY"
 _MAX_NPY_HEADER = 4096  # what np.save writes for any shape is far shorter
 
@@ -111,7 +114,11 @@ def _payload_offset(name: str, array: Array, dtype: np.dtype, count: int) -> int
 
 
 def decode_array(name: str, array: Array, expected_shape: tuple[int, ...]) -> Tensor:
-    """One Array as a float32 tensor, if its header, shape and payload are what is expected."""
+    """One Array as a float32 tensor, if its header, shape and payload are what is expected.
+
+    The ``.npy`` payload must hold the carrier of the declared dtype (a bfloat16 Array:
+    ``uint16`` bit patterns), so a payload is read only as what its header declares.
+    """
     if array.dtype not in WIRE_DTYPES:
         raise PayloadError(f"'{name}' has dtype {array.dtype}, expected one of {WIRE_DTYPES}")
     if array.stype != NUMPY_STYPE:
@@ -120,12 +127,9 @@ def decode_array(name: str, array: Array, expected_shape: tuple[int, ...]) -> Te
         raise PayloadError(
             f"'{name}' has shape {list(array.shape)}, expected {list(expected_shape)}"
         )
-    dtype = np.dtype(array.dtype)
     count = math.prod(expected_shape)
-    offset = _payload_offset(name, array, dtype, count)
-    values = np.frombuffer(array.data, dtype=dtype, count=count, offset=offset)
-    values = values.astype(np.float32)  # a copy: the tensor must not alias the message
-    return torch.from_numpy(values.reshape(expected_shape))
+    offset = _payload_offset(name, array, carrier(array.dtype), count)
+    return to_float32(array, offset, count)
 
 
 def check_magnitude(name: str, t: Tensor, bound: float | None, what: str = "") -> None:
@@ -144,6 +148,24 @@ def check_magnitude(name: str, t: Tensor, bound: float | None, what: str = "") -
         )
 
 
+def decoded_arrays(
+    content: RecordDict, key: str, expected_shapes: Mapping[str, tuple[int, ...]], limit: int
+) -> dict[str, Tensor]:
+    """Decode the ArrayRecord ``content[key]`` to float32 tensors if it is well-formed.
+
+    Type, size, names, dtypes, shapes and payload lengths are checked on the serialized
+    record, so an oversized or mistyped payload is refused before it is decoded. The
+    values are not checked: see :func:`check_magnitude` (or :func:`checked_arrays`).
+    """
+    record = typed_record(content, key, ArrayRecord)
+    size = record.count_bytes()
+    if size > limit:
+        raise PayloadError(f"{size / 1e6:.1f} MB exceeds max-client-mb ({limit / 1e6:.1f} MB)")
+    if set(record) != set(expected_shapes):
+        raise PayloadError(f"arrays {sorted(record)}, expected {sorted(expected_shapes)}")
+    return {name: decode_array(name, a, expected_shapes[name]) for name, a in record.items()}
+
+
 def checked_arrays(
     content: RecordDict,
     key: str,
@@ -152,22 +174,16 @@ def checked_arrays(
     bound: float | None = None,
     bound_name: str = "",
 ) -> dict[str, Tensor]:
-    """Decode the ArrayRecord ``content[key]`` to float32 tensors if it is well-formed.
-
-    Type, size, names, dtypes, shapes and payload lengths are checked on the serialized
-    record first, so an oversized or mistyped payload is refused before it is decoded;
-    then the values' finiteness and (with ``bound``) magnitude.
-    """
-    record = typed_record(content, key, ArrayRecord)
-    size = record.count_bytes()
-    if size > limit:
-        raise PayloadError(f"{size / 1e6:.1f} MB exceeds max-client-mb ({limit / 1e6:.1f} MB)")
-    if set(record) != set(expected_shapes):
-        raise PayloadError(f"arrays {sorted(record)}, expected {sorted(expected_shapes)}")
-    tensors = {name: decode_array(name, a, expected_shapes[name]) for name, a in record.items()}
-    for name, t in tensors.items():
-        check_magnitude(name, t, bound, bound_name)
+    """:func:`decoded_arrays`, then the values' finiteness and (with ``bound``) magnitude."""
+    tensors = decoded_arrays(content, key, expected_shapes, limit)
+    check_values(tensors, bound, bound_name)
     return tensors
+
+
+def check_values(tensors: Mapping[str, Tensor], bound: float | None, what: str = "") -> None:
+    """:func:`check_magnitude` of every tensor of ``tensors``."""
+    for name, t in tensors.items():
+        check_magnitude(name, t, bound, what)
 
 
 # ------------------------------------------------------------------ statistics
@@ -180,19 +196,30 @@ def _number(v: object) -> float | None:
 
 def count_value(values: Mapping[str, object], name: str, lo: int, hi: int) -> int:
     """``values[name]``: an integer (an integral float is accepted) in ``[lo, hi]``."""
-    v = _number(values.get(name))
-    if v is None or not v.is_integer() or not lo <= v <= hi:
+    return count_of(values.get(name), f"'{name}'", lo, hi)
+
+
+def count_of(v: object, label: str, lo: int, hi: int) -> int:
+    """``v`` (``label`` in a refusal): an integer (an integral float is accepted) in
+    ``[lo, hi]``."""
+    x = _number(v)
+    if x is None or not x.is_integer() or not lo <= x <= hi:
         expected = f"{lo}" if lo == hi else f"an integer in [{lo}, {hi}]"
-        raise PayloadError(f"'{name}' is {values.get(name)!r}, expected {expected}")
-    return int(v)
+        raise PayloadError(f"{label} is {v!r}, expected {expected}")
+    return int(x)
 
 
 def loss_value(values: Mapping[str, object], name: str = "loss") -> float:
     """``values[name]``: a finite number >= 0 (a mean cross-entropy)."""
-    v = _number(values.get(name))
-    if v is None or not math.isfinite(v) or v < 0:
-        raise PayloadError(f"'{name}' is {values.get(name)!r}, expected a finite number >= 0")
-    return v
+    return loss_of(values.get(name), f"'{name}'")
+
+
+def loss_of(v: object, label: str) -> float:
+    """``v`` (``label`` in a refusal): a finite number >= 0 (a mean cross-entropy)."""
+    x = _number(v)
+    if x is None or not math.isfinite(x) or x < 0:
+        raise PayloadError(f"{label} is {v!r}, expected a finite number >= 0")
+    return x
 
 
 def int_list(values: Mapping[str, object], name: str) -> list[int]:
@@ -201,3 +228,34 @@ def int_list(values: Mapping[str, object], name: str) -> list[int]:
     if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in v):
         raise PayloadError(f"'{name}' is {v!r}, expected a list of integers")
     return [int(x) for x in v]
+
+
+def column(values: Mapping[str, object], name: str, length: int) -> list[object]:
+    """``values[name]``: a list of ``length`` entries (one per client of a packed reply;
+    each entry is checked by its own reader)."""
+    v = values.get(name)
+    if not isinstance(v, list) or len(v) != length:
+        raise PayloadError(f"'{name}' is {v!r}, expected a list of {length} entries")
+    return v
+
+
+# ------------------------------------------------------------------ packed payloads
+def packed_index(stats: MetricRecord, planned_rows: Mapping[int, int]) -> dict[int, int]:
+    """The rows of each client in a packed reply, checked against the plan.
+
+    ``clients`` must list distinct planned clients in ascending order (the order of the
+    packed rows), and ``num-examples`` each one's planned rows; a planned client that is
+    not listed sent nothing (it had no data left). The packed arrays must then hold
+    exactly the sum of these rows (their shape is checked against it).
+    """
+    clients = int_list(stats, "clients")
+    if clients != sorted(set(clients)) or not set(clients) <= set(planned_rows):
+        raise PayloadError(
+            f"'clients' is {clients}, expected distinct clients of the plan "
+            f"{sorted(planned_rows)} in ascending order"
+        )
+    counts = column(stats, "num-examples", len(clients))
+    return {
+        cid: count_of(n, f"'num-examples' of client {cid}", planned_rows[cid], planned_rows[cid])
+        for cid, n in zip(clients, counts, strict=True)
+    }

@@ -4,18 +4,27 @@ One step (Fudala et al., arXiv 2502.06355), as messages:
 
 ``train.forward``  server -> node: which batch each logical client draws (and, when
                    due, the aggregated head or a checkpointed state to restore). Reply:
-                   the cut-layer activations ``act.<cid>`` and ``stats.<cid>``.
-``train.loss``     server -> node: each client's logit slice ``out.<cid>`` (with
+                   the cut-layer activations ``act`` and the index ``stats``.
+``train.loss``     server -> node: each client's logit slice, in ``out`` (with
                    ``label-privacy=client-tail``: its pooled embeddings, and the
-                   learning rate of the client's classifier). Reply: ``grad.<cid>``
-                   (dL_n/dz_n) and ``stats.<cid>`` (loss, correct). Labels never leave
-                   the client. Retrieval has no labels and skips it.
-``train.backward`` server -> node: cut-layer gradients ``cut.<cid>``, the learning rate,
+                   learning rate of the client's classifier). Reply: ``grad``
+                   (dL_n/dz_n) and ``stats`` (the index, each loss and correct count).
+                   Labels never leave the client. Retrieval has no labels and skips it.
+``train.backward`` server -> node: cut-layer gradients ``cut``, the learning rate,
                    and optionally the next batch to draw; the reply then carries the
                    next activations, so a steady-state step costs two round trips.
 ``query.head``     each client's head (end of epoch), for the FedAvg of the heads.
 ``query.state``    each client's head and optimiser state (for a checkpoint); a resumed
                    run sends them back with the client's first ``train.forward``.
+
+The cut-layer tensors and the output slices and their gradients travel *packed*
+(:mod:`mpsl_flwr.protocol.packing`): one Array per stream holds the rows of all the
+node's clients of the leg, in ascending client id. A request's rows per client are its
+plan's; a reply states them in ``stats`` (``clients``, ``num-examples``, with the
+per-client statistics as lists in the same order), and the gate checks that index
+against the plan before it reads a value. A payload that is malformed as a whole (index,
+record type, size, names, dtype, shape, payload length) drops every planned client of
+the node; bad values (non-finite, too large, lying statistics) drop only their client.
 
 For each leg this module holds, in this order: what the server sends
 (``*_request``), how the client reads it (``read_*_request``), what the client replies
@@ -30,7 +39,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,13 +51,21 @@ from torch import Tensor
 from mpsl_flwr.protocol.gate import (
     WIRE_DTYPES,
     PayloadError,
+    check_magnitude,
+    check_values,
     checked_arrays,
     checking,
-    count_value,
-    loss_value,
+    column,
+    count_of,
+    decode_array,
+    decoded_arrays,
+    loss_of,
+    packed_index,
     typed_record,
 )
-from mpsl_flwr.state import from_array_record, to_array_record
+from mpsl_flwr.protocol.packing import WIRE_DTYPES as WIRE_TORCH_DTYPES
+from mpsl_flwr.protocol.packing import pack, unpack
+from mpsl_flwr.state import to_array_record
 
 __all__ = ["WIRE_DTYPES", "PayloadError"]  # re-exported: the leg codecs' vocabulary
 
@@ -63,29 +80,12 @@ HEAD = "head"
 CLIENT_STATE_PARTS = ("head", "optim", "optim.cfg")
 
 
-def act_key(cid: int) -> str:
-    """Activations of client ``cid`` (one array per stream)."""
-    return f"act.{cid}"
-
-
-def out_key(cid: int) -> str:
-    """Server output (logit slice) for client ``cid``."""
-    return f"out.{cid}"
-
-
-def grad_key(cid: int) -> str:
-    """Gradient of client ``cid``'s loss w.r.t. its output slice."""
-    return f"grad.{cid}"
-
-
-def cut_key(cid: int) -> str:
-    """Cut-layer gradient for client ``cid`` (one array per stream)."""
-    return f"cut.{cid}"
-
-
-def stats_key(cid: int) -> str:
-    """Per-client metrics of a reply (num-examples, loss, correct)."""
-    return f"stats.{cid}"
+ACT = "act"  # a reply's activations, one Array per stream
+OUT = "out"  # the output slices of a loss request ("out")
+GRAD = "grad"  # the output gradients of a loss reply ("out")
+CUT = "cut"  # the cut-layer gradients of a backward request, one Array per stream
+STATS = "stats"  # a reply's index (clients, num-examples) and per-client statistics
+OUTPUT = "out"  # the one stream of OUT and GRAD
 
 
 def head_key(cid: int) -> str:
@@ -113,9 +113,10 @@ def step_of(group_id: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def wire_dtype(activation_dtype: str) -> torch.dtype | None:
-    """The dtype cut-layer tensors travel in (None: as computed, float32)."""
-    return torch.float16 if activation_dtype == "float16" else None
+def wire_dtype(activation_dtype: str) -> torch.dtype:
+    """The dtype cut-layer tensors (activations up, their gradients down) travel in
+    (``activation-dtype``; bfloat16 as its bit patterns, :mod:`~mpsl_flwr.protocol.packing`)."""
+    return WIRE_TORCH_DTYPES[activation_dtype]
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,56 @@ def max_bytes(megabytes: float) -> int:
     return int(np.floor(megabytes * 1e6))
 
 
+# ------------------------------------------------------------------ packed payloads
+PerClient = dict[int, dict[str, Tensor]]
+
+
+def rows_of(plans: Mapping[int, BatchPlan]) -> dict[int, int]:
+    """The rows of each client in a request packed for ``plans``."""
+    return {cid: plan.size for cid, plan in plans.items()}
+
+
+def unpacked(record: ArrayRecord, rows: Mapping[int, int]) -> PerClient:
+    """Client (and the server's recordings): a packed record of the server's (or one the
+    gate has checked) as float32 tensors per client, split at ``rows``."""
+    tensors = {name: decode_array(name, a, tuple(a.shape)) for name, a in record.items()}
+    return unpack(tensors, rows)
+
+
+def _index(per_client: Mapping[int, Mapping[str, Tensor]]) -> dict[str, list[int]]:
+    """Client: the index of a packed reply (the rows of each client, in packing order)."""
+    cids = sorted(per_client)
+    return {
+        "clients": cids,
+        "num-examples": [next(iter(per_client[c].values())).shape[0] for c in cids],
+    }
+
+
+def _read_packed(
+    content: RecordDict,
+    key: str,
+    what: str,
+    planned_rows: Mapping[int, int],
+    shapes: Callable[[int], dict[str, tuple[int, ...]]],
+    limit: int,
+) -> tuple[MetricRecord, dict[int, int], PerClient]:
+    """Server: a packed reply's statistics, index and per-client tensors, if the whole is
+    well-formed: the index against the plan, then the arrays (``shapes(total rows)``,
+    at most ``limit`` bytes per client listed) on their serialized form. Their values are
+    the caller's to check, client by client."""
+    with checking("statistics"):
+        stats = typed_record(content, STATS, MetricRecord)
+        rows = packed_index(stats, planned_rows)
+    with checking(what):
+        tensors = decoded_arrays(content, key, shapes(sum(rows.values())), limit * len(rows))
+    return stats, rows, unpack(tensors, rows)
+
+
+def _refuse_all(plans: Iterable[int], err: PayloadError) -> list[Rejection]:
+    """A node's payload is malformed as a whole: none of its rows can be trusted."""
+    return [Rejection(cid, str(err)) for cid in sorted(plans)]
+
+
 # ------------------------------------------------------------------ train.forward
 @dataclass(frozen=True)
 class ForwardRequest:
@@ -214,11 +265,13 @@ def read_forward_request(content: RecordDict) -> ForwardRequest:
 
 
 def put_activations(
-    reply: RecordDict, cid: int, acts: Mapping[str, Tensor], dtype: torch.dtype | None
+    reply: RecordDict, acts: Mapping[int, Mapping[str, Tensor]], dtype: torch.dtype | None
 ) -> None:
-    """Client: client ``cid``'s cut-layer activations (the reply of forward and backward)."""
-    reply[act_key(cid)] = to_array_record(dict(acts), dtype)
-    reply[stats_key(cid)] = MetricRecord({"num-examples": next(iter(acts.values())).shape[0]})
+    """Client: the cut-layer activations of the node's clients that drew a batch (the
+    reply of forward and backward), packed, and their index."""
+    if acts:
+        reply[ACT] = pack(acts, dtype)
+        reply[STATS] = MetricRecord(_index(acts))  # type: ignore[arg-type]
 
 
 def read_activations(
@@ -228,34 +281,38 @@ def read_activations(
     width: int,
     limit: int,
     max_abs: float | None = None,
-) -> tuple[dict[int, dict[str, Tensor]], list[Rejection]]:
+) -> tuple[PerClient, list[Rejection]]:
     """Server: the activations of the planned clients of one node, checked.
 
-    Each stream must be exactly ``[b_n, tokens, width]`` with ``|value| <= max_abs``, and
-    ``stats.<cid>`` must count exactly ``b_n`` examples. A planned client without
-    activations had no data left and sits out (no rejection).
+    Each client listed must be planned, with exactly its ``b_n`` rows; each stream must
+    be exactly ``[sum of b_n, tokens, width]``, and each client's rows ``|value| <=
+    max_abs``. A planned client that is not listed had no data left and sits out (no
+    rejection); so does everyone of a reply with neither activations nor index.
     """
-    acts: dict[int, dict[str, Tensor]] = {}
+    if ACT not in content and STATS not in content:
+        return {}, []
+    try:
+        _, _, acts = _read_packed(
+            content,
+            ACT,
+            "activations",
+            rows_of(plans),
+            lambda n: {s: (n, tokens, width) for s, tokens in stream_lengths.items()},
+            limit,
+        )
+    except PayloadError as err:
+        return {}, _refuse_all(plans, err)
+    good: PerClient = {}
     rejected: list[Rejection] = []
-    for cid in sorted(plans):
-        if act_key(cid) not in content:
-            continue
-        rows = plans[cid].size
-        shapes = {s: (rows, n, width) for s, n in stream_lengths.items()}
+    for cid, tensors in acts.items():
         try:
             with checking("activations"):
-                tensors = checked_arrays(
-                    content, act_key(cid), shapes, limit, max_abs, "max-abs-activation"
-                )
-            with checking("statistics"):
-                count_value(
-                    typed_record(content, stats_key(cid), MetricRecord), "num-examples", rows, rows
-                )
+                check_values(tensors, max_abs, "max-abs-activation")
         except PayloadError as err:
             rejected.append(Rejection(cid, str(err)))
             continue
-        acts[cid] = tensors
-    return acts, rejected
+        good[cid] = tensors
+    return good, rejected
 
 
 # ------------------------------------------------------------------ train.loss
@@ -277,18 +334,17 @@ def loss_request(
     if lr is not None:
         config["lr"] = lr
     content = RecordDict({CONFIG: ConfigRecord(config)})
-    for cid in sorted(plans):
-        content[out_key(cid)] = to_array_record({"out": outputs[cid]})
+    if plans:
+        content[OUT] = pack({cid: {OUTPUT: outputs[cid]} for cid in plans})
     return content
 
 
 def read_loss_request(content: RecordDict) -> LossRequest:
     """Client: the inverse of :func:`loss_request`."""
     config = typed_record(content, CONFIG, ConfigRecord)
-    outputs = {
-        cid: (plan, from_array_record(content[out_key(cid)])["out"])  # type: ignore[arg-type]
-        for cid, plan in read_plans(config).items()
-    }
+    plans = read_plans(config)
+    slices = unpacked(typed_record(content, OUT, ArrayRecord), rows_of(plans)) if plans else {}
+    outputs = {cid: (plan, slices[cid][OUTPUT]) for cid, plan in plans.items()}
     lr = config.get("lr")
     return LossRequest(outputs, None if lr is None else float(lr))  # type: ignore[arg-type]
 
@@ -303,11 +359,20 @@ class LossResult:
     num_examples: int
 
 
-def put_loss(reply: RecordDict, cid: int, result: LossResult) -> None:
-    """Client: ``dL_n/dz_n`` of client ``cid`` and its loss and correct count."""
-    reply[grad_key(cid)] = to_array_record({"out": result.grad})
-    reply[stats_key(cid)] = MetricRecord(
-        {"loss": result.loss, "correct": result.correct, "num-examples": result.num_examples}
+def put_loss(reply: RecordDict, results: Mapping[int, LossResult]) -> None:
+    """Client: ``dL_n/dz_n`` of the node's clients, packed, with the index and each one's
+    loss and correct count."""
+    if not results:
+        return
+    cids = sorted(results)
+    grads = {cid: {OUTPUT: results[cid].grad} for cid in cids}
+    reply[GRAD] = pack(grads)
+    reply[STATS] = MetricRecord(
+        {
+            **_index(grads),
+            "loss": [float(results[c].loss) for c in cids],
+            "correct": [results[c].correct for c in cids],
+        }
     )
 
 
@@ -319,44 +384,56 @@ def read_loss(
 ) -> tuple[dict[int, LossResult], list[Rejection]]:
     """Server: the output gradients and statistics of one node's clients, checked.
 
-    ``dL_n/dz_n`` must have the shape of the output slice sent, with every entry within
-    ``GRAD_BOUND_MARGIN * per_sample / b_n``, where ``per_sample`` bounds one sample's
-    loss gradient at what was sent (1 at the logits; more at a client tail's input);
-    the statistics must be a finite loss >= 0, ``0 <= correct <= b_n`` and
-    ``num-examples == b_n``.
+    ``shapes`` are the output slices sent (their rows are the index the reply must
+    state). Each client's ``dL_n/dz_n`` must have every entry within ``GRAD_BOUND_MARGIN
+    * per_sample / b_n``, where ``per_sample`` bounds one sample's loss gradient at what
+    was sent (1 at the logits; more at a client tail's input); its statistics must be a
+    finite loss >= 0 and ``0 <= correct <= b_n``.
     """
+    if GRAD not in content and STATS not in content:
+        return {}, []
+    rest = next(iter(shapes.values()))[1:] if shapes else ()
+    try:
+        stats, rows, grads = _read_packed(
+            content,
+            GRAD,
+            "output gradient",
+            {cid: shape[0] for cid, shape in shapes.items()},
+            lambda n: {OUTPUT: (n, *rest)},
+            limit,
+        )
+        with checking("statistics"):
+            losses = column(stats, "loss", len(rows))
+            corrects = column(stats, "correct", len(rows))
+    except PayloadError as err:
+        return {}, _refuse_all(shapes, err)
     results: dict[int, LossResult] = {}
     rejected: list[Rejection] = []
-    for cid in sorted(shapes):
-        if grad_key(cid) not in content:
-            continue
+    for (cid, n), loss, correct in zip(rows.items(), losses, corrects, strict=True):
         try:
-            results[cid] = _read_loss(content, cid, shapes[cid], limit, per_sample)
+            results[cid] = _loss_result(cid, grads[cid][OUTPUT], n, loss, correct, per_sample)
         except PayloadError as err:
             rejected.append(Rejection(cid, str(err)))
     return results, rejected
 
 
-def _read_loss(
-    content: RecordDict, cid: int, shape: tuple[int, ...], limit: int, per_sample: float
+def _loss_result(
+    cid: int, grad: Tensor, rows: int, loss: object, correct: object, per_sample: float
 ) -> LossResult:
-    rows = shape[0]
+    """One client's part of a loss reply, its values checked."""
     with checking("output gradient"):
-        grad = checked_arrays(
-            content,
-            grad_key(cid),
-            {"out": shape},
-            limit,
+        check_magnitude(
+            OUTPUT,
+            grad,
             GRAD_BOUND_MARGIN * per_sample / rows,
             f"{GRAD_BOUND_MARGIN * per_sample:.3g}/b_n for the mean loss of b_n={rows} samples",
-        )["out"]
+        )
     with checking("statistics"):
-        stats = typed_record(content, stats_key(cid), MetricRecord)
         return LossResult(
             grad,
-            loss_value(stats),
-            count_value(stats, "correct", 0, rows),
-            count_value(stats, "num-examples", rows, rows),
+            loss_of(loss, f"'loss' of client {cid}"),
+            count_of(correct, f"'correct' of client {cid}", 0, rows),
+            rows,
         )
 
 
@@ -385,8 +462,8 @@ def backward_request(
         **plan_record(next_plans, prefix="next-"),
     }
     content = RecordDict({CONFIG: ConfigRecord(config)})
-    for cid in sorted(plans):
-        content[cut_key(cid)] = to_array_record(dict(cut[cid]), dtype)
+    if plans:
+        content[CUT] = pack({cid: cut[cid] for cid in plans}, dtype)
     return content
 
 
@@ -398,10 +475,7 @@ def read_backward_request(content: RecordDict) -> BackwardRequest:
         lr=float(config["lr"]),  # type: ignore[arg-type]
         plans=plans,
         next_plans=read_plans(config, prefix="next-"),
-        cut={
-            cid: from_array_record(content[cut_key(cid)], dtype=torch.float32)  # type: ignore[arg-type]
-            for cid in plans
-        },
+        cut=unpacked(typed_record(content, CUT, ArrayRecord), rows_of(plans)) if plans else {},
     )
 
 

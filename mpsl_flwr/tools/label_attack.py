@@ -276,7 +276,7 @@ def run_attacks(
         return [AttackRow(name, target, e, [], 0, None, None, reason) for e in epochs]
 
     rows: list[AttackRow] = []
-    target = "train.loss reply grad.<cid> (dL_n/dz_n)"
+    target = "train.loss reply grad[client rows] (dL_n/dz_n)"
     if run.known_tails:
         rows += not_applicable("gradient-sign", NOT_APPLICABLE_SIGN)
         rows += _score("known-tail-inversion", target, loss, oracle, invert, rr)
@@ -298,7 +298,7 @@ def run_attacks(
     if cut:
         rows += _score(
             "clustering",
-            "cut-layer gradients cut.<cid> (computed by the server, flattened)",
+            "cut-layer gradients cut[client rows] (computed by the server, flattened)",
             cut,
             oracle,
             cluster,
