@@ -196,8 +196,21 @@ def _start_with_fault(cfg, grid: LocalGrid, fault, caplog) -> tuple[MPSL, list]:
 
 ACT, GRAD, STATS = P.ACT, P.GRAD, P.STATS
 
+
+def _delete_all(*keys: str) -> Tamper:
+    def tamper(content: RecordDict) -> None:
+        for key in keys:
+            del content[key]
+
+    return tamper
+
+
 # (leg, tamper, what the warning says after "sent bad", the problem it names)
 STEP_ATTACKS = {
+    # Issue 15, item 15: a reply without the planned client's activations, or naming
+    # another client, was reported as "unreachable" at the epoch's end and not counted.
+    "act-missing": (P.FORWARD, _delete_all(ACT, STATS), "activations", "no activations"),
+    "act-of-another-client": (P.FORWARD, _stats(STATS, clients=[7]), "statistics", "[7]"),
     # 1. Crash by record type or malformed array.
     "act-as-configrecord": (
         P.FORWARD,

@@ -162,7 +162,7 @@ def test_label_attack_tool_writes_json_and_markdown(tmp_path, capsys):
 
 def test_label_attack_refuses_retrieval(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.label_attack(["--out", str(tmp_path), "--run-config", "dataset=synthetic-retrieval"])
+        cli.label_attack(["--out", str(tmp_path), "--run-config", "dataset='synthetic-retrieval'"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no labels to infer" in err

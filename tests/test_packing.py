@@ -196,7 +196,10 @@ def test_a_packed_reply_reads_back_per_client(dtype):
     reply, acts = _reply({0: 2, 5: 4}, dtype)
     assert set(reply) == {"act", "stats"}  # one record of arrays for the node, one index
     got, rejected = _read(reply, PLANNED)
-    assert rejected == [] and list(got) == [0, 5]  # client 1 had no data: sits out
+    assert list(got) == [0, 5]
+    # The plan lists only clients with data left, so an honest node answers for each:
+    # planned client 1, absent from the reply, is refused (named and counted).
+    assert [(r.cid, "no activations" in r.problem) for r in rejected] == [(1, True)]
     for cid, streams in acts.items():
         for name, t in streams.items():
             assert torch.equal(got[cid][name], t.to(dtype).float())

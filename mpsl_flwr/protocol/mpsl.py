@@ -286,11 +286,11 @@ def read_activations(
 
     Each client listed must be planned, with exactly its ``b_n`` rows; each stream must
     be exactly ``[sum of b_n, tokens, width]``, and each client's rows ``|value| <=
-    max_abs``. A planned client that is not listed had no data left and sits out (no
-    rejection); so does everyone of a reply with neither activations nor index.
+    max_abs``. A planned client that is not listed is refused too: the plan gives only
+    clients with data left, so an honest node always answers for each of them.
     """
-    if ACT not in content and STATS not in content:
-        return {}, []
+    if plans and ACT not in content and STATS not in content:
+        return {}, _refuse_all(plans, PayloadError("activations: no activations in the reply"))
     try:
         _, _, acts = _read_packed(
             content,
@@ -303,7 +303,10 @@ def read_activations(
     except PayloadError as err:
         return {}, _refuse_all(plans, err)
     good: PerClient = {}
-    rejected: list[Rejection] = []
+    rejected = [
+        Rejection(cid, "activations: no activations for this planned client")
+        for cid in sorted(set(plans) - set(acts))
+    ]
     for cid, tensors in acts.items():
         try:
             with checking("activations"):
