@@ -25,6 +25,7 @@ from typing import Any
 from mpsl_flwr.config import ConfigError, RunConfig, resolve_config
 from mpsl_flwr.data.base import MultimodalDataset
 from mpsl_flwr.data.registry import load_split
+from mpsl_flwr.data.synthetic import DEFAULT_IMAGE_NORM
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.checkpoints import save_mpsl
 from mpsl_flwr.preflight import check_pretrained
@@ -74,6 +75,7 @@ def pretrain(cfg: RunConfig, out: Path) -> Path:
     meta = {
         "model-size": cfg.model_size,
         "train-token-embedding": cfg.train_token_embedding,
+        "image-norm": DEFAULT_IMAGE_NORM if cfg.image_norm == "auto" else cfg.image_norm,
         "task": TASK,
         "split": SPLIT,
         "data-seed": cfg.data_seed,
