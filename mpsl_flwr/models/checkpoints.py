@@ -53,11 +53,6 @@ _INPUT_SIZES = {
 }
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a local checkpoint file, unwrapped from common containers."""
-    return read_checkpoint(path)[0]
-
-
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Tensors of a local checkpoint file, unwrapped from common containers, and the
     metadata of an mpsl checkpoint (``{}`` for any other)."""

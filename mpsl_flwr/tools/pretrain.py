@@ -16,7 +16,6 @@ with ``--run-config "pretrained='<path>'"``; a model with an audio tokenizer als
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,8 +30,6 @@ from mpsl_flwr.models.checkpoints import save_mpsl
 from mpsl_flwr.preflight import check_pretrained
 from mpsl_flwr.records import EpochRecord
 from strategies.centralized import Centralized
-
-log = logging.getLogger("mpsl_flwr")
 
 TASK = "synthetic-retrieval"
 SPLIT = "pretrain"
@@ -66,9 +63,8 @@ def pretrain(cfg: RunConfig, out: Path) -> Path:
     exp = PretrainExperiment.from_config(cfg)
     history: list[dict[str, Any]] = []
 
-    def on_epoch_end(record: EpochRecord) -> None:
+    def on_epoch_end(record: EpochRecord) -> None:  # the runner logs the epoch itself
         history.append({"epoch": record.epoch, "train-loss": float(record.train_loss)})
-        log.info("pre-training epoch %d/%d: loss %.4f", record.epoch, cfg.epochs, record.train_loss)
 
     runner = Centralized(exp)
     runner.start(on_epoch_end=on_epoch_end)
