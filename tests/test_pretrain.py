@@ -13,6 +13,7 @@ from mpsl_flwr.config import ConfigError
 from mpsl_flwr.data import synthetic
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.models.checkpoints import detect_format, load_pretrained, read_checkpoint
+from mpsl_flwr.preflight import check_checkpoint_fits
 from mpsl_flwr.tools.pretrain import pretrain_config
 
 SMALL_RUN = (
@@ -52,7 +53,7 @@ def test_the_command_says_how_to_use_it(tmp_path, capsys):
     out = tmp_path / "vt.pt"
     run = SMALL_RUN.replace("encoder-depth=2", "encoder-depth=1")
     cli.pretrain(["--run-config", run, "--out", str(out)])
-    assert f"--run-config \"pretrained='{out}'\"" in capsys.readouterr().out
+    assert f"--run-config \"pretrained='{out}' text-length=32\"" in capsys.readouterr().out
 
 
 def test_a_vt_model_loads_every_pretrained_tensor_exactly(checkpoint, tiny):
@@ -119,3 +120,11 @@ def test_pretraining_samples_are_none_of_the_fine_tuning_samples(data_seed):
     for task in ("synthetic-retrieval", "synthetic-vqa"):
         for split in ("train", "test"):
             assert not seen & images(task, split, data_seed), (task, split)
+
+
+def test_the_launchers_preflight_reads_it_on_the_meta_device(checkpoint, tiny):
+    vt = tiny(dataset="synthetic-vqa", pretrained=str(checkpoint), **SHAPE)
+    check_checkpoint_fits(Experiment.from_config(vt))
+    va = tiny(dataset="synthetic-va", pretrained=str(checkpoint), **SHAPE)
+    with pytest.raises(ConfigError, match=r"head\.tokenizers\.audio\."):
+        check_checkpoint_fits(Experiment.from_config(va))

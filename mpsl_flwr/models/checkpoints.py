@@ -186,11 +186,13 @@ def model_shape(head: ClientHead, server: ServerModel) -> dict[str, int]:
     return shape
 
 
-def save_mpsl(path: str | Path, head: ClientHead, server: ServerModel, meta: dict) -> Path:
+def save_mpsl(
+    path: str | Path, head: ClientHead, server: ServerModel, meta: dict[str, Any]
+) -> dict[str, Any]:
     """Write an mpsl checkpoint of ``head``'s tokenizers and pre-norm and ``server``'s
     encoder, with ``meta`` plus the model's shape (:func:`model_shape`) and tokenizers as
     its metadata; atomically (a temporary file, then ``os.replace``), so that a reader
-    never sees half a file."""
+    never sees half a file. Returns the metadata written."""
     path = Path(path)
     tensors = {
         name: value.detach().cpu()
@@ -203,7 +205,7 @@ def save_mpsl(path: str | Path, head: ClientHead, server: ServerModel, meta: dic
     tmp = path.with_name(path.name + ".tmp")
     torch.save({MPSL_META: meta, "state_dict": tensors}, tmp)
     os.replace(tmp, path)
-    return path
+    return meta
 
 
 def _check_mpsl_shape(

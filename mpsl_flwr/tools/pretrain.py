@@ -56,9 +56,9 @@ def pretrain_config(overrides: Mapping[str, Any]) -> RunConfig:
     return resolve_config({**overrides, **FIXED})
 
 
-def pretrain(cfg: RunConfig, out: Path) -> Path:
+def pretrain(cfg: RunConfig, out: Path) -> dict[str, Any]:
     """Pre-train as ``cfg`` says; write the checkpoint to ``out`` and its loss history to
-    ``out`` with suffix ``.json``; returns ``out``."""
+    ``out`` with suffix ``.json``; returns the checkpoint's metadata."""
     check_pretrained(cfg)  # continuing from an earlier checkpoint is allowed
     exp = PretrainExperiment.from_config(cfg)
     history: list[dict[str, Any]] = []
@@ -80,9 +80,9 @@ def pretrain(cfg: RunConfig, out: Path) -> Path:
         "epochs": cfg.epochs,
         "objective": "clip-infonce",
     }
-    save_mpsl(out, runner.head.cpu(), runner.server_model.cpu(), meta)
+    meta = save_mpsl(out, runner.head.cpu(), runner.server_model.cpu(), meta)
     _write_json(out.with_suffix(".json"), {**meta, "history": history})
-    return out
+    return meta
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -97,9 +97,10 @@ def run(overrides: Mapping[str, Any], out: Path) -> int:
     from strategies.runner import setup_logging
 
     setup_logging()
-    path = pretrain(pretrain_config(overrides), out)
+    meta = pretrain(pretrain_config(overrides), out)
     print(
-        f"Wrote {path} (loss history: {path.with_suffix('.json')}). Fine-tune from it with "
-        f"--run-config \"pretrained='{path}'\" (add pretrained-allow-random=true for audio)."
+        f"Wrote {out} (loss history: {out.with_suffix('.json')}). Fine-tune from it with "
+        f"--run-config \"pretrained='{out}' text-length={meta['text-length']}\" (add "
+        "pretrained-allow-random=true for audio)."
     )
     return 0
