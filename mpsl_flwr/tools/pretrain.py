@@ -30,6 +30,7 @@ from mpsl_flwr.models.checkpoints import save_mpsl
 from mpsl_flwr.preflight import check_pretrained
 from mpsl_flwr.records import EpochRecord
 from strategies.centralized import Centralized
+from strategies.runner import setup_logging
 
 TASK = "synthetic-retrieval"
 SPLIT = "pretrain"
@@ -94,8 +95,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def run(overrides: Mapping[str, Any], out: Path) -> int:
     """``mpsl-pretrain``: pre-train, write, and say how to use the checkpoint."""
-    from strategies.runner import setup_logging
-
     setup_logging()
     meta = pretrain(pretrain_config(overrides), out)
     print(
