@@ -12,6 +12,7 @@ command                   here                            does the work
 ``mpsl-label-attack``     :func:`label_attack`            :mod:`mpsl_flwr.tools.label_attack`
 ``mpsl-privacy-frontier`` :func:`privacy_frontier`        :mod:`mpsl_flwr.tools.privacy_frontier`
 ``mpsl-centralized``      :func:`centralized`             :mod:`strategies.centralized`
+``mpsl-pretrain``         :func:`pretrain`                :mod:`mpsl_flwr.tools.pretrain`
 ========================  ==============================  ======================================
 
 Without the installed scripts, ``python -m mpsl_flwr.cli <command> [ARGS...]`` runs the
@@ -427,6 +428,28 @@ def centralized(argv: list[str] | None = None) -> None:
     run_experiment(cfg, grid=None)
 
 
+@_command
+def pretrain(argv: list[str] | None = None) -> int:
+    """``mpsl-pretrain [--run-config 'key=value ...'] --out PATH``: contrastive image-text
+    pre-training that writes a checkpoint for run-config ``pretrained``."""
+    from mpsl_flwr.tools import pretrain as tool
+
+    parser = _parser(
+        "mpsl-pretrain",
+        description=_summary(tool.__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _run_config_arg(parser, "overrides, 'key=value ...' as for flwr run (model-size, epochs..)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=PROJECT_DIR / "outputs" / "pretrained" / "encoder.pt",
+        help="checkpoint to write (its loss history goes beside it, as .json)",
+    )
+    args = parser.parse_args(argv)
+    return tool.run(_overrides(args.run_config), args.out.expanduser().absolute())
+
+
 COMMANDS: dict[str, Callable[[list[str] | None], int | None]] = {
     "run": run,
     "deploy": deploy,
@@ -437,6 +460,7 @@ COMMANDS: dict[str, Callable[[list[str] | None], int | None]] = {
     "label-attack": label_attack,
     "privacy-frontier": privacy_frontier,
     "centralized": centralized,
+    "pretrain": pretrain,
 }
 """``python -m mpsl_flwr.cli <command>``: the installed ``mpsl-<command>`` scripts."""
 

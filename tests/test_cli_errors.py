@@ -18,6 +18,7 @@ from mpsl_flwr.project import PROJECT_DIR
 
 NODES_FLAG = {name: "--nodes" for name in cli.COMMANDS} | {"partition-plot": "--num-partitions"}
 NODES_FLAG.pop("centralized")
+NODES_FLAG.pop("pretrain")
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))
@@ -46,6 +47,7 @@ def test_zero_nodes_is_refused_at_parse_time(name, capsys):
         ("costs", ["--run-config", "seed=-1"]),
         ("label-attack", ["--run-config", "seed=-1"]),
         ("centralized", ["--run-config", "seed=-1"]),
+        ("pretrain", ["--run-config", "seed=-1"]),
         ("partition-plot", ["--num-partitions", "2", "--run-config", "seed=-1"]),
         ("traffic-sweep", ["--run-config", "seed=-1"]),
         ("run", ["--run-config", "dataset=synthetic-va"]),

@@ -45,13 +45,18 @@ def dataset_info(data: DataConfig) -> DatasetInfo:
 
 
 def load_split(data: DataConfig, split: str) -> MultimodalDataset:
-    """The ``"train"`` or ``"test"`` split named by ``data`` (cached per process)."""
+    """The ``"train"`` or ``"test"`` split named by ``data`` (cached per process), or a
+    built-in task's ``"pretrain"`` split (``synthetic-train-size`` samples of a stream of
+    their own: what ``mpsl-pretrain`` trains on)."""
     _check_name(data.dataset)
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
+    if split not in synthetic.SPLITS or (split == "pretrain" and data.dataset in REAL):
+        raise ValueError(
+            f"split must be 'train' or 'test' (or 'pretrain' for a built-in dataset); got "
+            f"{split!r} for dataset {data.dataset!r}."
+        )
     if data.dataset in REAL:
         return _load_real(_content_fields(data), split)
-    size = data.synthetic_train_size if split == "train" else data.synthetic_test_size
+    size = data.synthetic_test_size if split == "test" else data.synthetic_train_size
     return _generate(
         synthetic.SyntheticSpec(
             task=data.dataset,

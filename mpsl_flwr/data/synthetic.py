@@ -17,6 +17,10 @@ Four tasks, one per modality pair, each built so that the answer needs *both* in
 
 ``synthetic-difficulty`` in [0, 1] raises pixel and audio noise, colour and pitch
 jitter and object size variation. Generation is deterministic from ``data-seed``.
+
+Each split draws from a random stream of its own, seeded by ``(data-seed, task, split)``:
+``train``, ``test`` and ``pretrain``, the samples ``mpsl-pretrain`` trains on, so that no
+fine-tuning sample, whatever its ``data-seed``, is one the encoder was pre-trained on.
 """
 
 from __future__ import annotations
@@ -85,6 +89,9 @@ NOTE_PITCHES_HZ = tuple(float(f) for f in np.geomspace(260.0, 4200.0, len(NOTE_N
 VQA_CLASSES = tuple(COLORS) + SHAPES
 
 TASKS = BUILTIN
+# The splits, in the order that seeds their random streams (never reorder: it would
+# change every generated sample).
+SPLITS = ("train", "test", "pretrain")
 _DEFAULT_TEXT_LENGTH = {"synthetic-vqa": 16, "synthetic-at": 12, "synthetic-retrieval": 32}
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_IMAGE_NORM = "inception"  # 0.5/0.5, as the images are drawn, not photographed
@@ -165,7 +172,7 @@ def generate(spec: SyntheticSpec) -> TensorMultimodalDataset:
     info = info_for(
         spec.task, spec.image_size, spec.audio_frames, spec.text_length, spec.image_norm
     )
-    split_id = {"train": 0, "test": 1}[spec.split]
+    split_id = SPLITS.index(spec.split)
     rng = np.random.default_rng([spec.seed, TASKS.index(spec.task), split_id])
     n, d = spec.size, spec.difficulty
     arrays: dict[str, torch.Tensor] = {}
