@@ -166,19 +166,24 @@ def test_exhausted_clients_sit_out_and_every_sample_trains(tiny):
         assert drawn == info.num_examples, (cid, b)
 
 
-def test_a_client_that_errors_is_dropped_from_the_step_not_the_run(tiny, caplog):
-    cfg = tiny(dirichlet_alpha=1.0)
+def fail_loss_on_node_1001(nth: int):
+    """A ``LocalGrid`` fault: node 1001's ``nth`` ``train.loss`` raises in its ClientApp."""
     calls = {"n": 0}
 
-    def fail_second_loss_on_node_1001(node_id, msg):
+    def fault(node_id, msg):
         if node_id == 1001 and msg.metadata.message_type == P.LOSS:
             calls["n"] += 1
-            if calls["n"] == 2:
+            if calls["n"] == nth:
                 return "raise"
         return msg
 
+    return fault
+
+
+def test_a_client_that_errors_is_dropped_from_the_step_not_the_run(tiny, caplog):
+    cfg = tiny(dirichlet_alpha=1.0)
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        mpsl, _, rows, _ = run_mpsl(cfg, 3, fault=fail_second_loss_on_node_1001)
+        mpsl, _, rows, _ = run_mpsl(cfg, 3, fault=fail_loss_on_node_1001(2))
     assert "Node 1001 (client 1) replied to train.loss of step e0s1 with an error" in caplog.text
     assert "injected failure" in caplog.text
     assert rows[0]["dropped-client-steps"] == 1
@@ -191,17 +196,8 @@ def test_a_node_that_errors_is_named_by_its_clients_and_each_counts_as_dropped(t
     """With two logical clients per node, a node whose loss reply is an error drops both
     clients from the step: the warning names them and both count (issue 15, item 15)."""
     cfg = tiny(dirichlet_alpha=1.0, clients_per_node=2)
-    calls = {"n": 0}
-
-    def fail_first_loss_on_node_1001(node_id, msg):
-        if node_id == 1001 and msg.metadata.message_type == P.LOSS:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                return "raise"
-        return msg
-
     with caplog.at_level(logging.WARNING, logger="mpsl_flwr"):
-        mpsl, _, rows, _ = run_mpsl(cfg, 2, fault=fail_first_loss_on_node_1001)
+        mpsl, _, rows, _ = run_mpsl(cfg, 2, fault=fail_loss_on_node_1001(1))
     served = sorted(c for c, i in mpsl.clients.items() if i.node_id == 1001)
     assert len(served) == 2
     assert f"Node 1001 (clients {served[0]}, {served[1]}) replied to train.loss" in caplog.text
