@@ -162,12 +162,9 @@ class ManagedProcess:
         kill_pids(strays, grace)
         if self._pump is not None:
             self._pump.join(timeout=grace)
-        if self.watchdog is not None:  # it ends once the group leader has
-            try:
-                self.watchdog.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.watchdog.kill()
-                self.watchdog.wait()
+        if self.watchdog is not None:  # nothing is left for it to stop
+            self.watchdog.kill()
+            self.watchdog.wait()
 
 
 def spawn_watchdog(owner: int, leader: int) -> subprocess.Popen:
