@@ -142,27 +142,35 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def sweep_rows(
+    base: RunConfig,
+    sizes: list[str],
+    strategies: list[str],
+    nodes: int,
+    samples_per_client: float = 0.0,
+) -> tuple[list[dict], float]:
+    """One row per (size, strategy): MB up, down and total per client per epoch, printed
+    as measured; and the samples per client per epoch they are for (``samples_per_client``,
+    or when 0 the train split / ``nodes``)."""
+    samples = samples_per_client or len(Experiment.from_config(base).train_set()) / nodes
+    rows = []
+    for size in sizes:
+        for strategy in strategies:
+            up, down = measure_size(base, size, strategy, nodes, samples)
+            row = {"size": size, "strategy": strategy, "mb-up": up, "mb-down": down}
+            rows.append({**row, "mb-total": up + down})
+            print(f"{size:>5} {strategy:>8}: {up:10.2f} MB up {down:10.2f} MB down", flush=True)
+    return rows, samples
+
+
 def run(args: argparse.Namespace) -> int:
     """``mpsl-traffic-sweep`` with the arguments :func:`mpsl_flwr.cli.traffic_sweep` parsed."""
     # The probe runs' own logs (and FedAvg's note on skipped evaluation) would bury the table.
     with quiet(logging.WARNING):
         base = resolve_config(args.overrides)
-        samples = (
-            args.samples_per_client or len(Experiment.from_config(base).train_set()) / args.nodes
+        rows, samples = sweep_rows(
+            base, args.sizes, args.strategies, args.nodes, args.samples_per_client
         )
-        rows = []
-        for size in args.sizes:
-            for strategy in args.strategies:
-                up, down = measure_size(base, size, strategy, args.nodes, samples)
-                row = {
-                    "size": size,
-                    "strategy": strategy,
-                    "mb-up": up,
-                    "mb-down": down,
-                    "mb-total": up + down,
-                }
-                rows.append(row)
-                print(f"{size:>5} {strategy:>8}: {up:10.2f} MB up {down:10.2f} MB down", flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         with (args.out / "traffic.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
