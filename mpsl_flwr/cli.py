@@ -11,6 +11,7 @@ command                   here                            does the work
 ``mpsl-partition-plot``   :func:`partition_plot`          :mod:`mpsl_flwr.tools.partition_plot`
 ``mpsl-label-attack``     :func:`label_attack`            :mod:`mpsl_flwr.tools.label_attack`
 ``mpsl-privacy-frontier`` :func:`privacy_frontier`        :mod:`mpsl_flwr.tools.privacy_frontier`
+``mpsl-paper-claims``     :func:`paper_claims`            :mod:`mpsl_flwr.tools.paper_claims`
 ``mpsl-centralized``      :func:`centralized`             :mod:`strategies.centralized`
 ``mpsl-pretrain``         :func:`pretrain`                :mod:`mpsl_flwr.tools.pretrain`
 ========================  ==============================  ======================================
@@ -414,6 +415,78 @@ def privacy_frontier(argv: list[str] | None = None) -> int:
 
 
 @_command
+def paper_claims(argv: list[str] | None = None) -> int:
+    """``mpsl-paper-claims``: each claim of the paper measured here, with a verdict by rule."""
+    from mpsl_flwr.models.sizes import ENCODER_SIZES
+    from mpsl_flwr.tools import paper_claims as tool
+
+    parser = _parser(
+        "mpsl-paper-claims",
+        description=_summary(tool.__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--only",
+        type=_int_list,
+        default=list(tool.CLAIMS),
+        metavar="K[,K...]",
+        help=f"claims to measure (default: all, {','.join(map(str, tool.CLAIMS))})",
+    )
+    parser.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="S[,S...]")
+    parser.add_argument(
+        "--nodes", type=_positive_int, default=10, help="Ray nodes of every federated run"
+    )
+    parser.add_argument(
+        "--clients",
+        type=_int_list,
+        default=list(tool.DEFAULT_CLIENTS),
+        metavar="N[,N...]",
+        help="claims 1 and 4: client counts, each a multiple of --nodes "
+        "(clients-per-node = N / nodes)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=_int_list,
+        default=list(tool.DEFAULT_BATCH_SIZES),
+        metavar="B[,B...]",
+        help="claim 6: global batch sizes",
+    )
+    parser.add_argument(
+        "--min-steps",
+        type=_positive_int,
+        default=3,
+        help="claim 6: the training set holds at least this many steps of the largest B",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_comma_list,
+        default=list(ENCODER_SIZES),
+        metavar="SIZE[,SIZE...]",
+        help="claim 5: encoder sizes, smallest first",
+    )
+    _run_config_arg(parser, "'key=value ...' applied to every run (claim keys win)")
+    parser.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="checkpoint passed as run-config pretrained= to every training run",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=PROJECT_DIR / "docs" / "results" / "paper-claims"
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - set(tool.CLAIMS))
+    if unknown:
+        parser.error(f"unknown claims {unknown}; choose from {list(tool.CLAIMS)}")
+    bad_sizes = sorted(set(args.sizes) - set(ENCODER_SIZES))
+    if bad_sizes:
+        parser.error(f"unknown sizes {bad_sizes}; choose from {', '.join(ENCODER_SIZES)}")
+    args.overrides = _overrides(args.run_config)
+    return tool.run(args)
+
+
+@_command
 def centralized(argv: list[str] | None = None) -> None:
     """``mpsl-centralized [--run-config 'key=value ...']``: centralized training, the same
     keys as ``flwr run``, no Flower at all."""
@@ -459,6 +532,7 @@ COMMANDS: dict[str, Callable[[list[str] | None], int | None]] = {
     "partition-plot": partition_plot,
     "label-attack": label_attack,
     "privacy-frontier": privacy_frontier,
+    "paper-claims": paper_claims,
     "centralized": centralized,
     "pretrain": pretrain,
 }
