@@ -55,10 +55,12 @@ class CostReport:
 
 def _sample_batch(exp: Experiment, batch_size: int) -> dict[str, torch.Tensor]:
     """A batch of the right shapes: real test samples for the built-in data, zeros else
-    (counting needs shapes only, and real datasets may not be on this machine)."""
+    (counting needs shapes only, and real datasets may not be on this machine). A batch
+    larger than the built-in test split repeats its samples."""
     info = exp.info
     if info.name.startswith("synthetic-"):
-        return exp.test_set().batch(np.arange(batch_size))
+        test = exp.test_set()
+        return test.batch(np.arange(batch_size) % len(test))
     batch: dict[str, torch.Tensor] = {"label": torch.zeros(batch_size, dtype=torch.int64)}
     if "image" in info.modalities:
         batch["image"] = torch.zeros(batch_size, 3, info.image_size, info.image_size)
