@@ -646,9 +646,12 @@ CLAIMS: dict[int, Callable[[Setup], Claim]] = {
 
 def run(args: argparse.Namespace) -> int:
     """``mpsl-paper-claims`` with the arguments :func:`mpsl_flwr.cli.paper_claims` parsed."""
+    from mpsl_flwr.config import resolve_config
+
     base = dict(args.overrides)
     if args.pretrained:
         base["pretrained"] = str(Path(args.pretrained).expanduser().absolute())
+    resolve_config(base)  # a bad key or value fails here, in one line, before any run
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     ctx = Setup(
