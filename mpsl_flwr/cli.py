@@ -474,6 +474,12 @@ def paper_claims(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=PROJECT_DIR / "docs" / "results" / "paper-claims"
     )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=PROJECT_DIR / "outputs" / "paper-claims",
+        help="where every run's own files go (checkpoints included; keep them out of docs/)",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.only) - set(tool.CLAIMS))

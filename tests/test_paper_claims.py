@@ -114,7 +114,7 @@ def test_cli_refuses_unknown_claims_and_bad_run_configs_before_any_run(tmp_path,
     with pytest.raises(SystemExit):
         cli(["--only", "7"])
     with pytest.raises(SystemExit) as done:
-        cli(["--only", "1", "--run-config", "seed=-1", "--out", str(tmp_path)])
+        cli(["--only", "1", "--run-config", "seed=-1", "--runs-dir", str(tmp_path)])
     assert done.value.code == 2
     assert "mpsl-paper-claims: error: Run-config key 'seed'" in capsys.readouterr().err
     assert not (tmp_path / "claim1-n10").exists()
@@ -133,6 +133,7 @@ def test_a_real_tiny_run_of_claims_3_and_6(tmp_path):
         [
             "--only", "3,6", "--seeds", "0", "--nodes", "2", "--batch-sizes", "16",
             "--min-steps", "1", "--run-config", run_config, "--out", str(out),
+            "--runs-dir", str(tmp_path / "runs"),
         ]
     )  # fmt: skip
     report = json.loads((out / "claims.json").read_text())
@@ -147,4 +148,5 @@ def test_a_real_tiny_run_of_claims_3_and_6(tmp_path):
     assert "mpsl-compare --strategies mpsl --seeds 0 --nodes 2" in by[6]["commands"][0]
     text = (out / "paper-claims.md").read_text()
     assert "| 3 |" in text and "| 6 |" in text
-    assert (out / "claim6-b16" / "runs" / "mpsl-s0" / "summary.json").exists()
+    assert (tmp_path / "runs" / "claim6-b16" / "runs" / "mpsl-s0" / "summary.json").exists()
+    assert not (out / "claim6-b16").exists()  # run files stay out of the report folder
