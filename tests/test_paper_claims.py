@@ -51,6 +51,106 @@ def test_robust_and_learned():
     assert pc.learned([[0.0]], chance=None)  # retrieval: no single chance figure
 
 
+def test_retrieval_chance_is_a_random_ranking():
+    assert pc.retrieval_chance(64) == pytest.approx(2 * (1 + 5 + 10) / 64)
+    assert pc.retrieval_chance(5) == pytest.approx(2 * (1 / 5 + 1 + 1))  # R@k capped at 1
+
+
+def fake_group(finals, metric="test-accuracy", chance=0.1, epochs=3):
+    """A Group as run_group returns it: per strategy per-seed finals and flat curves; a
+    strategy with no finals (its runs failed) is absent, as compare.summarise leaves it."""
+    finals = {s: v for s, v in finals.items() if v}
+    curves = {
+        s: {"metric": metric, "chance": chance, "curves": [[f] * epochs for f in v]}
+        for s, v in finals.items()
+    }
+    return pc.Group(metric, chance, finals, curves, [], "mpsl-compare ...")
+
+
+def setup(tmp_path, **kwargs):
+    values = {
+        "seeds": [0, 1, 2],
+        "nodes": 2,
+        "base": {},
+        "out": tmp_path,
+        "runs": tmp_path / "runs",
+        "timeout": 60.0,
+        "clients": [2, 4],
+        "batch_sizes": [50, 500],
+        "min_steps": 1,
+        "sizes": ["tiny", "small"],
+    }
+    return pc.Setup(**{**values, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("mpsl", "fedavg", "verdict"),
+    [
+        ([0.60, 0.61, 0.62], [0.60, 0.62, 0.61], HOLDS),  # matches
+        ([0.80, 0.81, 0.82], [0.60, 0.61, 0.62], HOLDS),  # higher
+        ([0.40, 0.41, 0.42], [0.60, 0.61, 0.62], FAILS),  # lower
+        ([0.10, 0.10, 0.11], [0.10, 0.11, 0.10], UNMEASURABLE),  # both at chance
+        ([], [0.60, 0.61, 0.62], UNMEASURABLE),  # MPSL's runs failed
+    ],
+)
+def test_claim_1_verdicts_from_its_runs(tmp_path, monkeypatch, mpsl, fedavg, verdict):
+    monkeypatch.setattr(
+        pc, "run_group", lambda *a, **k: fake_group({"mpsl": mpsl, "fedavg": fedavg})
+    )
+    claim = pc.claim_1(setup(tmp_path))
+    assert claim.verdict == verdict, claim.measured
+    if not mpsl:
+        assert "run failed" in claim.measured
+
+
+@pytest.mark.parametrize(
+    ("mpsl", "verdict"),
+    [([2.0, 2.1, 2.2], HOLDS), ([1.0, 1.1, 1.2], FAILS), ([0.5, 0.51, 0.52], UNMEASURABLE)],
+)
+def test_claim_2_needs_mpsl_to_beat_both_baselines_above_chance(
+    tmp_path, monkeypatch, mpsl, verdict
+):
+    finals = {"mpsl": mpsl, "fedavg": [1.0, 1.1, 1.2], "fedclip": [0.9, 1.0, 1.1]}
+    if verdict == UNMEASURABLE:
+        finals = {s: [0.5, 0.51, 0.52] for s in finals}
+    group = fake_group(finals, metric="test-rsum", chance=pc.retrieval_chance(64))
+    monkeypatch.setattr(pc, "run_group", lambda *a, **k: group)
+    assert pc.claim_2(setup(tmp_path)).verdict == verdict
+
+
+def test_claim_4_counts_rounds_to_95_percent_of_peak(tmp_path, monkeypatch):
+    fast = [[0.5, 0.6, 0.6]] * 3  # 95% of the peak at round 2
+    slow = [[0.3, 0.5, 0.6]] * 3  # at round 3
+    group = fake_group({"mpsl": [0.6] * 3, "fedavg": [0.6] * 3})
+    group.curves["mpsl"]["curves"], group.curves["fedavg"]["curves"] = fast, slow
+    monkeypatch.setattr(pc, "run_group", lambda *a, **k: group)
+    assert pc.claim_4(setup(tmp_path)).verdict == HOLDS
+    group.curves["mpsl"]["curves"], group.curves["fedavg"]["curves"] = slow, fast
+    assert pc.claim_4(setup(tmp_path)).verdict == FAILS
+
+
+def test_claim_1_refuses_a_client_count_the_nodes_cannot_split(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        pc, "run_group", lambda *a, **k: fake_group({"mpsl": [0.6], "fedavg": [0.6]})
+    )
+    claim = pc.claim_1(setup(tmp_path, clients=[3]))
+    assert claim.verdict == UNMEASURABLE and "not a multiple" in claim.measured
+
+
+@pytest.mark.parametrize(
+    ("by_batch", "verdict"),
+    [({50: [0.6, 0.61], 500: [0.6, 0.62]}, HOLDS), ({50: [0.7, 0.71], 500: [0.4, 0.41]}, FAILS)],
+)
+def test_claim_6_robust_to_the_global_batch(tmp_path, monkeypatch, by_batch, verdict):
+    def group(ctx, name, strategies, keys):
+        return fake_group({"mpsl": by_batch[keys["batch-size"]]})
+
+    monkeypatch.setattr(pc, "run_group", group)
+    claim = pc.claim_6(setup(tmp_path, base={"synthetic-train-size": 100}))
+    assert claim.verdict == verdict, claim.measured
+    assert claim.figures["train-size"] == 500  # max(100, 500 x 1 step)
+
+
 @pytest.mark.parametrize(
     ("results", "verdict"),
     [
