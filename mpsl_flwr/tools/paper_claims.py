@@ -519,6 +519,8 @@ def claim_3(ctx: Setup) -> Claim:
         "image-size": 224,
     }
     values = {k: v for k, v in {**ctx.base, **keys}.items() if k != "pretrained"}
+    if "pretrained" in ctx.base:
+        claim.notes.append("pretrained= is not passed: costs depend on shapes, not weights.")
     claim.commands.append(
         f"mpsl-costs --sizes base --strategies mpsl fedavg --nodes {ctx.nodes} "
         f'--run-config "{run_config_text(values)}"'
@@ -613,6 +615,10 @@ def claim_5(ctx: Setup) -> Claim:
     # The encoder at its size's own depth, every block trained: what FedAvg would send.
     keys = {"dataset": "synthetic-vqa", "encoder-depth": 0, "finetune-blocks": -1}
     values = {k: v for k, v in {**ctx.base, **keys}.items() if k != "pretrained"}
+    if "pretrained" in ctx.base:
+        claim.notes.append(
+            "pretrained= is not passed: bytes depend on shapes, and the sweep builds other sizes."
+        )
     claim.commands.append(
         f"mpsl-traffic-sweep --sizes {' '.join(ctx.sizes)} --strategies mpsl fedavg "
         f'--nodes {ctx.nodes} --run-config "{run_config_text(values)}"'
