@@ -3,13 +3,15 @@
 # data, with a verdict by the rules in mpsl_flwr/tools/paper_claims.py: writes
 # paper-claims.md, claims.json and the plots to $OUT (default docs/results/paper-claims).
 #
-# Sized for <= 30 minutes on 2 CPU cores. Most of it is per-run start-up (~40 s for each
-# flwr run simulation on such a machine): claim 1 is 2 client counts x 2 strategies x 3
-# seeds = 12 runs, claim 2 is 3 x 3 = 9, claim 6 is 4 batch sizes x 3 seeds = 12 (on
-# max(synthetic-train-size, 500 x --min-steps) samples); claims 3-5 train nothing
-# (claim 5's traffic probes take a minute or two). Retune the sizes on the RUN_CONFIG
-# line only; claim keys (dataset, Dirichlet alpha, clients-per-node, batch size) are the
-# paper's and win over it.
+# Sized for about 30 minutes on 2 CPU cores. Most of it is per-run start-up, measured at
+# ~40-45 s for each flwr run simulation on the 2-core machine while it was also busy
+# (training itself is a few seconds at this size): claim 1 is 2 client counts x 2
+# strategies x 3 seeds = 12 runs, claim 2 is 3 x 3 = 9, claim 6 is 4 batch sizes x 3
+# seeds = 12 (on max(synthetic-train-size, 500 x --min-steps) samples): 33 runs, ~25 min.
+# Claims 3-5 train nothing: claim 3 takes seconds, claim 5's traffic probes (tiny..huge,
+# 10 clients) took 4 min; `--sizes tiny,base,huge` shortens it. Retune the sizes on the
+# RUN_CONFIG line only; claim keys (dataset, Dirichlet alpha, clients-per-node, batch
+# size) are the paper's and win over it.
 #
 #   examples/paper_claims.sh                  # everything
 #   examples/paper_claims.sh --only 3,5       # the claims that train nothing, seconds
