@@ -65,6 +65,12 @@ class ConfigError(ValueError):
 # need it take it as an argument of its own.
 
 
+# The encoder depth of the paper's models: each size's own (12 blocks for Ti/S/B). The
+# tools that measure the paper's tables (mpsl-costs, mpsl-traffic-sweep, claims 3 and 5
+# of mpsl-paper-claims) start from it, not from the default run's shallower encoder.
+FULL_DEPTH: dict[str, Any] = {"encoder-depth": 0}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, its input sizes, and how its training split is partitioned."""
@@ -197,7 +203,7 @@ class RunConfig:
     missing_files: MissingFiles = "skip"
     # Model
     model_size: ModelSize = "tiny"
-    encoder_depth: int = 0
+    encoder_depth: int = 4
     finetune_blocks: int = -1
     fusion: Fusion = "auto"
     readout: Readout = "modality-tokens"

@@ -2,7 +2,8 @@
 
 A probe (a small MLP on cheap, generic features: 8x8 pooled pixels, pooled fbank, a
 bag of subword tokens) is trained on one modality and on both. The one-modality
-probes must stay well below the two-modality probe on the held-out split.
+probes must stay below 60% of the accuracy the calibrated tasks promise (0.85), and
+below the two-modality probe, on the held-out split.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import torch.nn.functional as F
 from mpsl_flwr.data import synthetic
 
 TRAIN, TEST = 1500, 500
+# The calibration's bound: the best one-modality probe stays within 60% of what the
+# centralized model reaches, taken at the least it may reach (0.85; README, "Built-in
+# tasks"). Each task leaves one modality two answers open, so 0.5 is its ceiling.
+PROBE_CEILING = 0.6 * 0.85
 
 
 @pytest.fixture(autouse=True)
@@ -87,5 +92,5 @@ def test_one_modality_stays_well_below_both(task):
             train.info.num_classes,
         )
     print(task, acc)
-    assert acc["both"] > max(acc[first], acc[second]) + 0.15, acc
-    assert acc["both"] > 2.0 / train.info.num_classes, acc
+    assert max(acc[first], acc[second]) <= PROBE_CEILING, acc
+    assert acc["both"] > max(acc[first], acc[second]) + 0.1, acc

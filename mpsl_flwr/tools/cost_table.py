@@ -19,7 +19,7 @@ import argparse
 import csv
 from typing import Any
 
-from mpsl_flwr.config import RunConfig, resolve_config
+from mpsl_flwr.config import FULL_DEPTH, RunConfig, resolve_config
 from mpsl_flwr.costs import measure
 from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
@@ -100,7 +100,7 @@ def markdown(rows: list[dict]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``mpsl-costs`` with the arguments :func:`mpsl_flwr.cli.costs` parsed."""
-    base = resolve_config(args.overrides)
+    base = resolve_config({**FULL_DEPTH, **args.overrides})
     rows = cost_rows(base, args.sizes, args.strategies, args.nodes)
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "costs.csv").open("w", newline="") as f:

@@ -84,7 +84,7 @@ from typing import Any
 
 import numpy as np
 
-from mpsl_flwr.config import toml_value
+from mpsl_flwr.config import FULL_DEPTH, toml_value
 from mpsl_flwr.tasks import RECALL_KS
 
 HOLDS = "holds"
@@ -514,7 +514,7 @@ def claim_3(ctx: Setup) -> Claim:
     keys = {
         "dataset": "synthetic-vqa",
         "model-size": "base",
-        "encoder-depth": 0,
+        **FULL_DEPTH,
         "finetune-blocks": -1,
         "image-size": 224,
     }
@@ -613,7 +613,7 @@ def claim_5(ctx: Setup) -> Claim:
         "reported, not judged",
     )
     # The encoder at its size's own depth, every block trained: what FedAvg would send.
-    keys = {"dataset": "synthetic-vqa", "encoder-depth": 0, "finetune-blocks": -1}
+    keys = {"dataset": "synthetic-vqa", **FULL_DEPTH, "finetune-blocks": -1}
     values = {k: v for k, v in {**ctx.base, **keys}.items() if k != "pretrained"}
     if "pretrained" in ctx.base:
         claim.notes.append(

@@ -37,7 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from clients.client_app import app as client_app
-from mpsl_flwr.config import RunConfig, resolve_config
+from mpsl_flwr.config import FULL_DEPTH, RunConfig, resolve_config
 from mpsl_flwr.data.partition import client_batch_size
 from mpsl_flwr.experiment import Experiment
 from mpsl_flwr.local_grid import LocalGrid
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     """``mpsl-traffic-sweep`` with the arguments :func:`mpsl_flwr.cli.traffic_sweep` parsed."""
     # The probe runs' own logs (and FedAvg's note on skipped evaluation) would bury the table.
     with quiet(logging.WARNING):
-        base = resolve_config(args.overrides)
+        base = resolve_config({**FULL_DEPTH, **args.overrides})
         rows, samples = sweep_rows(
             base, args.sizes, args.strategies, args.nodes, args.samples_per_client
         )
