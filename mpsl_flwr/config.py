@@ -195,7 +195,7 @@ class RunConfig:
     data_seed: int = 0
     synthetic_train_size: int = 3000
     synthetic_test_size: int = 600
-    synthetic_difficulty: float = 0.3
+    synthetic_difficulty: float = 0.1
     image_size: int = 0
     audio_frames: int = 0
     text_length: int = 0
@@ -220,7 +220,7 @@ class RunConfig:
     # Optimisation
     batch_size: int = 64
     epochs: int = 6
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01
     lr_schedule: LrSchedule = "cosine"
     warmup_ratio: float = 0.05

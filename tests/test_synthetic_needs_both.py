@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mpsl_flwr.config import RunConfig
 from mpsl_flwr.data import synthetic
 
 TRAIN, TEST = 1500, 500
+DIFFICULTY = RunConfig.synthetic_difficulty  # the default run's
 # The calibration's bound: the best one-modality probe stays within 60% of what the
 # centralized model reaches, taken at the least it may reach (0.85; README, "Built-in
 # tasks"). Each task leaves one modality two answers open, so 0.5 is its ceiling.
@@ -75,8 +77,8 @@ def _probe_accuracy(x_train, y_train, x_test, y_test, classes: int) -> float:
 
 @pytest.mark.parametrize("task", ["synthetic-vqa", "synthetic-va", "synthetic-at"])
 def test_one_modality_stays_well_below_both(task):
-    train = synthetic.generate(synthetic.SyntheticSpec(task, TRAIN, 0, "train", 0.3))
-    test = synthetic.generate(synthetic.SyntheticSpec(task, TEST, 0, "test", 0.3))
+    train = synthetic.generate(synthetic.SyntheticSpec(task, TRAIN, 0, "train", DIFFICULTY))
+    test = synthetic.generate(synthetic.SyntheticSpec(task, TEST, 0, "test", DIFFICULTY))
     texts = [d.arrays["text"].flatten() for d in (train, test) if "text" in d.arrays]
     vocab = np.unique(torch.cat(texts).numpy()) if texts else np.zeros(1, dtype=np.int64)
     f_train, f_test = _features(train, vocab), _features(test, vocab)
