@@ -92,8 +92,8 @@ def test_centralized_resume_equals_uninterrupted(tiny, monkeypatch):
 
 def test_resume_refuses_a_changed_config_or_a_missing_checkpoint(tiny):
     run_dir = _run(tiny(run_name="r", epochs=1))
-    with pytest.raises(ConfigError, match=r"learning-rate \(0.0005 -> 0.001\)"):
-        _run(tiny(run_name="r", epochs=1, resume=True, learning_rate=1e-3))
+    with pytest.raises(ConfigError, match=r"learning-rate \(0.001 -> 0.002\)"):
+        _run(tiny(run_name="r", epochs=1, resume=True, learning_rate=2e-3))
     (run_dir / CHECKPOINT).unlink()
     with pytest.raises(ConfigError, match="no checkpoint"):
         _run(tiny(run_name="r", epochs=1, resume=True))

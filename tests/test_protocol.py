@@ -92,7 +92,13 @@ def test_n_clients_frozen_heads_server_equals_centralized_on_concatenated_batch(
         grad = z.grad
         ref.backward_from_client_grads({0: grad})
     for name, p in trainable_state(mpsl.server_model).items():
-        torch.testing.assert_close(p, trainable_state(server)[name], rtol=0, atol=1e-5, msg=name)
+        # Not bit-equal: a client batch's rows reduce in another order than the
+        # concatenation's, and Adam scales a last-bit change in a near-zero gradient to
+        # a step of up to lr. Measured: 1.6e-5 (lr 5e-4) on the built-in data, a few
+        # percent of one step; a wrong protocol is off by whole steps.
+        torch.testing.assert_close(
+            p, trainable_state(server)[name], rtol=0, atol=0.1 * cfg.optim.learning_rate, msg=name
+        )
     assert rows[0]["steps"] == steps
 
 

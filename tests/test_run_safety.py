@@ -70,7 +70,7 @@ def _truncate(path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "error"),
     [
-        ({"learning_rate": 1e-3}, r"learning-rate \(0.0005 -> 0.001\)"),
+        ({"learning_rate": 2e-3}, r"learning-rate \(0.001 -> 0.002\)"),
         ("truncate", "checkpoint.pt"),
         ("delete", "no checkpoint"),
     ],
