@@ -409,6 +409,28 @@ def claim1_groups(ctx: Setup) -> dict[int, Group]:
     return ctx.cache["claim1"]
 
 
+def _judge_each_n(
+    ctx: Setup, claim: Claim, judge: Callable[[int, Group], tuple[bool, str]]
+) -> None:
+    """Claims 1 and 4, on claim 1's runs: each N's command, then ``judge(n, group)``'s
+    verdict and text where its runs completed and learned (else not measurable); sets
+    ``claim.measured`` and ``claim.verdict`` (:func:`combine`)."""
+    results: list[bool | None] = []
+    parts: list[str] = []
+    for n, group in claim1_groups(ctx).items():
+        claim.commands.append(group.command or f"# N={n}: {group.failures[0]}")
+        failed = _failed_text(group, ["mpsl", "fedavg"])
+        if failed:
+            results.append(None)
+            parts.append(f"N={n}: {failed}")
+            continue
+        ok, text = judge(n, group)
+        results.append(ok)
+        parts.append(f"N={n}: {text}")
+    claim.measured = "; ".join(parts)
+    claim.verdict = combine(results)
+
+
 def _plot(ctx: Setup, claim: Claim, curves: dict[str, Any], name: str, title: str) -> None:
     from mpsl_flwr.tools.compare import plot_curves
 
@@ -430,26 +452,17 @@ def claim_1(ctx: Setup) -> Claim:
         "N = 50 clients, Dirichlet alpha 0.1.",
         "matches or beats (test accuracy), at every N",
     )
-    results: list[bool | None] = []
-    parts: list[str] = []
     for n, group in claim1_groups(ctx).items():
-        claim.commands.append(group.command or f"# N={n}: {group.failures[0]}")
         _plot(ctx, claim, group.curves, f"claim1-n{n}.png", f"synthetic-vqa, N={n}, alpha=0.1")
-        failed = _failed_text(group, ["mpsl", "fedavg"])
-        if failed:
-            results.append(None)
-            parts.append(f"N={n}: {failed}")
-            continue
+
+    def judge(n: int, group: Group) -> tuple[bool, str]:
         a, b = group.finals["mpsl"], group.finals["fedavg"]
         ok = matches_or_beats(a, b)
-        results.append(ok)
-        parts.append(
-            f"N={n}: MPSL {fmt(a)} vs FedAvg {fmt(b)} ({group.metric}; "
-            f"{'matches' if matches(a, b) else 'higher' if ok else 'lower'})"
-        )
         claim.figures[f"N={n}"] = {"mpsl": a, "fedavg": b, "metric": group.metric}
-    claim.measured = "; ".join(parts)
-    claim.verdict = combine(results)
+        how = "matches" if matches(a, b) else "higher" if ok else "lower"
+        return ok, f"MPSL {fmt(a)} vs FedAvg {fmt(b)} ({group.metric}; {how})"
+
+    _judge_each_n(ctx, claim, judge)
     return claim
 
 
@@ -570,33 +583,24 @@ def claim_4(ctx: Setup) -> Claim:
         "figure is at 100 clients, measured here at N = 10 and N = 50).",
         "fewer rounds (to 95% of each run's own peak), at every N; claim 1's runs",
     )
-    results: list[bool | None] = []
-    parts: list[str] = []
-    for n, group in claim1_groups(ctx).items():
-        claim.commands.append(group.command or f"# N={n}: {group.failures[0]}")
-        failed = _failed_text(group, ["mpsl", "fedavg"])
-        if failed:
-            results.append(None)
-            parts.append(f"N={n}: {failed}")
-            continue
+
+    def judge(n: int, group: Group) -> tuple[bool, str]:
         rounds = {
             s: [float(rounds_to_fraction_of_peak(c)) for c in group.curves[s]["curves"]]
             for s in ("mpsl", "fedavg")
         }
-        ok = fewer_rounds(rounds["mpsl"], rounds["fedavg"])
-        results.append(ok)
-        epochs = len(group.curves["mpsl"]["curves"][0])
-        parts.append(
-            f"N={n}: MPSL {fmt(rounds['mpsl'], 1)} vs FedAvg {fmt(rounds['fedavg'], 1)} "
-            f"rounds of {epochs}"
-        )
         claim.figures[f"N={n}"] = rounds
+        epochs = len(group.curves["mpsl"]["curves"][0])
+        text = (
+            f"MPSL {fmt(rounds['mpsl'], 1)} vs FedAvg {fmt(rounds['fedavg'], 1)} rounds of {epochs}"
+        )
+        return fewer_rounds(rounds["mpsl"], rounds["fedavg"]), text
+
+    _judge_each_n(ctx, claim, judge)
     claim.notes.append(
         "Rounds are whole epochs (one FedAvg round = one local epoch = one MPSL epoch), so "
         "with few epochs the figure is coarse; the curves are claim 1's plots."
     )
-    claim.measured = "; ".join(parts)
-    claim.verdict = combine(results)
     return claim
 
 
