@@ -262,6 +262,11 @@ def _int_list(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
+def _seeds_arg(parser: argparse.ArgumentParser) -> None:
+    """``--seeds``, as every tool that repeats its runs over seeds takes it."""
+    parser.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="S[,S...]")
+
+
 @_command
 def compare(argv: list[str] | None = None) -> int:
     """``mpsl-compare``: strategies side by side over seeds (the paper's Tables 1-2)."""
@@ -270,7 +275,7 @@ def compare(argv: list[str] | None = None) -> int:
 
     parser = _parser("mpsl-compare", description=_summary(tool.__doc__))
     parser.add_argument("--strategies", type=_comma_list, default=list(STRATEGIES))
-    parser.add_argument("--seeds", type=_int_list, default="0,1,2")
+    _seeds_arg(parser)
     parser.add_argument("--nodes", type=_positive_int, default=10)
     _run_config_arg(parser, "'key=value ...' shared by all runs")
     parser.add_argument("--out", type=Path, default=None)
@@ -407,7 +412,7 @@ def privacy_frontier(argv: list[str] | None = None) -> int:
         choices=sorted({p for p, _ in tool.SETTINGS}),
         help="label-privacy values of the sweep to run (default: all)",
     )
-    parser.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="S[,S...]")
+    _seeds_arg(parser)
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "outputs" / "privacy-frontier")
     args = parser.parse_args(argv)
     args.overrides = _overrides(args.run_config)
@@ -432,7 +437,7 @@ def paper_claims(argv: list[str] | None = None) -> int:
         metavar="K[,K...]",
         help=f"claims to measure (default: all, {','.join(map(str, tool.CLAIMS))})",
     )
-    parser.add_argument("--seeds", type=_int_list, default=[0, 1, 2], metavar="S[,S...]")
+    _seeds_arg(parser)
     parser.add_argument(
         "--nodes", type=_positive_int, default=10, help="Ray nodes of every federated run"
     )
