@@ -30,6 +30,7 @@ from typing import Any
 
 from mpsl_flwr.config import resolve_config, toml_value
 from mpsl_flwr.ops import fast_flower, flower_patches
+from mpsl_flwr.ops.app_staging import staged_app
 from mpsl_flwr.ops.processes import executable, owned_temp_dir, sigterm_raises_exit
 from mpsl_flwr.ops.runs import (
     RunOutcome,
@@ -131,16 +132,17 @@ def flwr_run(
             f"client-resources-num-gpus={_num(gpus_per_client)}",
         ]
     t0 = time.time()
-    out = link.flwr(
-        "run",
-        str(app_dir),
-        *link.conn_args(),
-        "--format",
-        "json",
-        "--run-config",
-        _toml_pairs(overrides),
-        *federation,
-    )
+    with staged_app(app_dir) as app:
+        out = link.flwr(
+            "run",
+            str(app),
+            *link.conn_args(),
+            "--format",
+            "json",
+            "--run-config",
+            _toml_pairs(overrides),
+            *federation,
+        )
     answer = json.loads(out)
     if "run-id" not in answer:
         raise RuntimeError(f"flwr run did not start the run: {answer.get('error-message', answer)}")
