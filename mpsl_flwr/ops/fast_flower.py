@@ -30,7 +30,7 @@ this module, patched. Why this and not the alternatives: a ``sitecustomize.py`` 
 ``PYTHONPATH`` would run in *every* Python process of the SuperLink (SuperExec, CLI) and
 shadow the interpreter's own ``sitecustomize`` (Debian ships one); patching from the
 app's code is what this replaces. The wrapper touches exactly the one process, only when
-asked, and fails loudly (Flower's version check) rather than silently.
+asked, and fails loudly (the patches' source check) rather than silently.
 
 Flower imports the app from the FAB it installs (first on ``sys.path``). Before handing
 over, this module drops every ``mpsl_flwr`` module it imported from ``sys.modules``, so

@@ -63,8 +63,8 @@ rather than silently changing behaviour.
 every Flower function a patch replaces or relies on (:data:`PATCHED_SOURCES`, sha256 of
 ``inspect.getsource``), recorded from flwr 1.41.0 and byte-identical in 1.42.0. A
 patch refuses, in one line naming the function and what to do, to apply to any other
-source. :func:`check_flwr_version` remains for :mod:`mpsl_flwr.ops.warm_clientapp`,
-which relies on too many internals to list.
+source. :mod:`mpsl_flwr.ops.warm_clientapp`, which patches nothing but runs ClientApp
+tasks with Flower's internals, is checked the same way (:data:`WARM_CLIENTAPP`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,6 @@ import flwr
 
 log = logging.getLogger("mpsl_flwr")
 
-SUPPORTED_FLWR = "1.41."
 SUPERNODE_POLL_ENV = "MPSL_SUPERNODE_POLL"
 OBJECT_PULL_BACKOFF_ENV = "MPSL_OBJECT_PULL_BACKOFF"
 REPLACE_DEAD_ACTORS_ENV = "MPSL_REPLACE_DEAD_ACTORS"
@@ -97,7 +96,11 @@ SCAN_SHARE_FACTOR = 4.0
 """The patched simulation poll waits at least this many times as long as its last pass
 over the nodes took: the pass uses at most 1 / (1 + this) of the thread's time."""
 
-PATCHED_SOURCES: dict[str, dict[str, str]] = {
+WARM_CLIENTAPP = "mpsl_flwr.ops.warm_clientapp"
+"""The key of :data:`PATCHED_SOURCES` for what :mod:`mpsl_flwr.ops.warm_clientapp` relies
+on: it patches nothing, but acquires and runs ClientApp tasks with Flower's own steps."""
+
+PATCHED_SOURCES: dict[str, dict[str, str | tuple[str, ...]]] = {
     SUPERNODE_POLL_ENV: {
         "flwr.supernode.start_client_internal:start_client_internal": (
             "9e89a6eb68fbec6821e817cd2c09f7894fc7b0f5725c2365b19a7122307f11f3"
@@ -134,27 +137,123 @@ PATCHED_SOURCES: dict[str, dict[str, str]] = {
             "f85c0cd6e902752f455c00ab9c7212c1cd94a8c681fa9bf294ba967463390898"
         ),
     },
+    WARM_CLIENTAPP: {
+        # The steps of flwr-clientapp it runs in-process, and the functions it calls.
+        "flwr.supernode.runtime.run_clientapp:run_clientapp": (
+            "6ce09559f3a2f5dcafb7d08f4b443585d76b9b53b9cb29ba1ec06a6982163443"
+        ),
+        "flwr.supernode.runtime.run_clientapp:pull_task_input": (
+            "5607a23e1673ee876930c1b35685b8dfdfd8b3776a436560b0467042e15fc695"
+        ),
+        "flwr.supernode.runtime.run_clientapp:push_message": (
+            "07cb512c93e065a93a4cba3facc7d37dd99758c56835065a63fdfbfc604dcd8a"
+        ),
+        "flwr.supernode.runtime.run_clientapp:push_task_output": (
+            "9206407456e79e17338d367de7c21e2d840d939de378c03ac61da6cc2b57a3c6"
+        ),
+        # How flower-superexec acquires a task and starts flwr-clientapp for it (run_cold).
+        # 1.42 only drops a tracing span's traceparent (of the removed
+        # RuntimeTracingInterceptor cache); the executor traces nothing.
+        "flwr.supercore.superexec.run_superexec:run_superexec": (
+            "d11f4e7fbc8f0b121804772495484fae8987b2b52af8b2baa70baf40d5929e26",  # 1.41.0
+            "91e7a33c5b898f33249c29d2058c57637ca7668a14c27296d2506dc98ac84f9b",  # 1.42.0
+        ),
+        "flwr.supercore.superexec.executor.subprocess_executor:SubprocessExecutor.launch": (
+            "83abf3dbe02281fdf384ef650928e34eccc073dadcf690d34e9cb0eaab46b56c"
+        ),
+        "flwr.supernode.cli.flwr_clientapp:_parse_args_run_flwr_clientapp": (
+            "91fd9c4107d220a5b5d181862c7a0d55666185112eb7b4eb058e8459cff8f946"
+        ),
+        "flwr.common.args:add_args_flwr_app_common": (
+            "2d37c796ba101c8fa7be081d811d409ede1fe1e340ecd84d24a27562bd2ef607"
+        ),
+        # The Runtime API client, its interceptors and retries, the task heartbeat.
+        "flwr.supercore.runtime.runtime_http_client:RuntimeHttpClient": (
+            "9d66e89a620521272517c1d0e1703c240b94f9037b012989084901dae9317268"
+        ),
+        "flwr.supercore.interceptors.http.runtime_token:RuntimeTokenHttpInterceptor": (
+            "06cbf14d2ea81c278ff1bbf715727c41387287c7829cc7446a3a2307ff448ac4"
+        ),
+        "flwr.supercore.interceptors.http.runtime_version:RuntimeVersionHttpInterceptor": (
+            "32dc4f3d763a9ca00f561f89e63d776e00278db43f59a265698bc50267269b37"
+        ),
+        "flwr.supercore.retry.http_retry:make_simple_http_retry_invoker": (
+            "49e12326a4b17e2648852ef33922c41f7b4a7302d43a5afc2a2e9830b7ab801a"
+        ),
+        "flwr.supercore.heartbeat:HeartbeatSender": (
+            "27714c8e35121c84b56a5cfb5e3147bc561ca163983efb1bf326bb48e61ca7e3"
+        ),
+        "flwr.supercore.heartbeat:make_task_heartbeat_fn_http": (
+            "a50247986fc79b04c5f3a555d3d6eaf6b72fd72d43d0753103f9b68c43ed0326"
+        ),
+        "flwr.supercore.app_utils:start_parent_process_monitor": (
+            "0fe6df28b3175305eddbeccadef0aff2f79f6652d5b3b1a2697dc5d746d1515a"
+        ),
+        # Installing and loading the FAB's ClientApp, calling it, its error reply.
+        "flwr.cli.install:install_from_fab": (
+            "481bd04cde5823220658a8a3e84e827a5ef38254223972e4e14c4cb3968e917e"
+        ),
+        "flwr.clientapp.utils:get_load_client_app_fn": (
+            "f7790dd641bafaff5089017c31f804fc7aa93c0d0eec49be72a3b8585cec4d05"
+        ),
+        "flwr.clientapp.client_app:ClientApp.__call__": (
+            "9ac8d938c6eef73d38610b92d445882920720e97b50820b818488a901e466c27"
+        ),
+        "flwr.clientapp.client_app:LoadClientAppError": (
+            "c2dce8f5e6fb7b7590a86779c17dcfc5622a4d562b499d7754e4befbbf3be9cf"
+        ),
+        "flwr.app.message.message:Message.__init__": (
+            "c56bfbd083e6a5381fdf8d2d0a070840c8191dea2e5e82c8538256292b62993c"
+        ),
+        "flwr.app.error:Error": (
+            "8876af1cd224668862929eb8ccce35b14d9bfd03e66a63de6b6fe15cc0643dfa"
+        ),
+        "flwr.common.constant:ErrorCode": (
+            "4889fc3e5b669ac5091017657337120782ba9078a284beaa7a112555397dc120"
+        ),
+        "flwr.common.constant:SubStatus": (
+            "3250f760cd3385b2a5cd6d89a2f018c5b4e1f53a69f88e1767aed97d3f42b952"
+        ),
+        "flwr.supercore.constant:TaskType": (
+            "83fa24c88e9291ed483e69f26431b05dd0bf14a2fa23383000c2d49dcd0907b4"
+        ),
+        # The generated modules of every protobuf message it sends or reads (the
+        # messages of flwr/proto/runtime.proto it uses and the types they contain).
+        "flwr.proto.runtime_pb2": (
+            "26de3ed4d231b6da9a54f89f5bd670cec98efd55e33b656f5df0e507473ee043"
+        ),
+        "flwr.proto.message_pb2": (
+            "bf563aa4df8dca0be51bdb2369921d2946927f0bb46145274b4f8aaba3115732"
+        ),
+        "flwr.proto.task_pb2": "5cbb63e25b42eb8ce48b57715b42174aaa0a7bd125f31478126c6be12c784b5c",
+        "flwr.proto.run_pb2": "909ef83fc4902fb0b086965dc4d43d933c3e4ee051a04221c3592adc5f5ca563",
+        "flwr.proto.fab_pb2": "4039151c64469ae82341052237c03fa24a696797b6a498b92a2a639d6985e9ee",
+        "flwr.proto.federation_config_pb2": (
+            "8815ba64d339e4748c28d907c2d091a33915af33cfe1a38bdf3a477855ebddee"
+        ),
+        "flwr.proto.node_pb2": "1ae2c36660f87bd2c85d808ac00cd1907a001d50637081718d01908bff738ae3",
+        "flwr.proto.recorddict_pb2": (
+            "2f698d4b2215580d9d708d71588de08f49e4b6e0c7620c5b6cbb9545029553be"
+        ),
+        "flwr.proto.transport_pb2": (
+            "c6a0c5da82343f3027747d7b3bcd12424c8e4ff405f66ec2434d7ae877bb5034"
+        ),
+        "flwr.proto.error_pb2": (
+            "c94db6c4e9e276885983674023844f7426f4e1456efb707835fba32cf0916ae0"
+        ),
+    },
 }
-"""Per patch (by its environment variable): each Flower function (``module:qualname``)
-it replaces or relies on, and the sha256 of its source in flwr 1.41.0 and 1.42.0."""
-
-
-def check_flwr_version(what: str, instead: str) -> None:
-    """Raise unless the installed Flower is :data:`SUPPORTED_FLWR`: ``what`` (e.g.
-    "mpsl_flwr.ops.warm_clientapp relies on the internals of") needs it; ``instead``
-    says what to do. The patches check their functions' source instead
-    (:func:`check_sources`)."""
-    if not flwr.__version__.startswith(SUPPORTED_FLWR):
-        raise RuntimeError(
-            f"{what} Flower {SUPPORTED_FLWR}x; this is flwr {flwr.__version__}. {instead}"
-        )
+"""Per patch (by its environment variable), and for :data:`WARM_CLIENTAPP`: each Flower
+object (``module:qualname``, or a module) it replaces or relies on, and the sha256 of its
+source in flwr 1.41.0 and 1.42.0: one digest where the two are identical, else both."""
 
 
 def flower_object(name: str) -> Any:
-    """The Flower object ``module:qualname`` names (a function, a method)."""
+    """The Flower object ``module:qualname`` names (a function, a method, a class), or
+    the module ``module``."""
     module, _, qualname = name.partition(":")
     obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
+    for part in filter(None, qualname.split(".")):
         obj = getattr(obj, part)
     return obj
 
@@ -165,15 +264,32 @@ def source_digest(obj: Any) -> str:
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
 
 
-def check_sources(env: str) -> None:
-    """Raise, in one line, unless every Flower function that the patch ``env`` names
-    (:data:`PATCHED_SOURCES`) has exactly the source the patch was written for."""
-    for name, expected in PATCHED_SOURCES[env].items():
-        if source_digest(flower_object(name)) != expected:
+def check_sources(key: str) -> None:
+    """Raise, in one line, unless every Flower object that ``key`` (a patch's environment
+    variable, or :data:`WARM_CLIENTAPP`) names in :data:`PATCHED_SOURCES` has exactly
+    a source it was written for."""
+    for name, expected in PATCHED_SOURCES[key].items():
+        accepted = (expected,) if isinstance(expected, str) else expected
+        try:
+            digest = source_digest(flower_object(name))
+        except (ImportError, AttributeError, OSError, TypeError):  # gone, or no source
+            digest = None
+        if digest not in accepted:
+            if key == WARM_CLIENTAPP:
+                written_for = key
+                instead = (
+                    "run the SuperNode with --isolation subprocess instead (mpsl-deploy "
+                    "without --fast/--warm-clientapp), or port the executor to this Flower"
+                )
+            else:
+                written_for = f"the {key} patch"
+                instead = (
+                    f"unset {key} (drop --fast/--node-poll/--simulation-poll) or update "
+                    "mpsl_flwr/ops/flower_patches.py for this Flower"
+                )
             raise RuntimeError(
-                f"{name} in flwr {flwr.__version__} is not the source the {env} patch was "
-                f"written for (flwr 1.41.0/1.42.0); unset {env} (drop --fast/--node-poll/"
-                "--simulation-poll) or update mpsl_flwr/ops/flower_patches.py for this Flower."
+                f"{name} in flwr {flwr.__version__} is not the source {written_for} was "
+                f"written for (flwr 1.41.0/1.42.0); {instead}."
             )
 
 

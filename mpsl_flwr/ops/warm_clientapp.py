@@ -17,9 +17,14 @@ Scope and limits: it serves one FAB at a time. The FAB of the first task is inst
 and imported once; a task of another FAB (new code, another app) is run in a fresh
 ``flwr-clientapp`` process, as Flower itself runs it, and the executor then re-executes
 itself so that later tasks import the new FAB warm. A ClientApp that crashes the
-interpreter takes the executor down (the SuperNode then sees the task expire). It
-uses Flower 1.41 internals (``RuntimeHttpClient``, ``flwr.supernode.runtime.
-run_clientapp``) and refuses to start on another Flower minor version.
+interpreter takes the executor down (the SuperNode then sees the task expire).
+
+It uses Flower internals (``RuntimeHttpClient``, the steps of ``flwr.supernode.runtime.
+run_clientapp``, ``flower-superexec``'s task acquisition, the Runtime API's protobuf
+messages). Like the patches of :mod:`mpsl_flwr.ops.flower_patches` it checks, at start-up,
+the source of each of them against the one it was written for (flwr 1.41.0 and 1.42.0:
+``flower_patches.PATCHED_SOURCES[WARM_CLIENTAPP]``), not Flower's version string, and
+refuses, in one line naming the changed one, to run on any other.
 
     python -m mpsl_flwr.ops.warm_clientapp --runtime-api-address 127.0.0.1:9094 --parent-pid N
 """
@@ -232,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     try:
-        flower_patches.check_flwr_version(
-            "mpsl_flwr.ops.warm_clientapp relies on the internals of",
-            "Run the SuperNode with --isolation subprocess instead.",
-        )
+        flower_patches.check_sources(flower_patches.WARM_CLIENTAPP)
     except RuntimeError as err:
         print(err, file=sys.stderr)
         return 2
