@@ -68,8 +68,11 @@ def two_node_run(link, tmp_path, **overrides):
     return flwr_run(link, config, num_supernodes=2, timeout=600, stream=False)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedclip", "centralized"])
-def test_every_baseline_completes_under_flwr_run(link, tmp_path, strategy):
+# FedCLIP's server is FedAvg's (FedCLIPTraining subclasses FederatedAveraging) and both
+# use clients.fedavg, so one run of it covers FedAvg's path through Ray's virtual clients
+# too; each strategy's own logic is tested in process (test_baselines.py, LocalGrid).
+@pytest.mark.parametrize("strategy", ["fedclip", "centralized"])
+def test_each_kind_of_baseline_completes_under_flwr_run(link, tmp_path, strategy):
     outcome = two_node_run(link, tmp_path, strategy=strategy)
     assert outcome.status == "finished:completed", outcome
     summary = json.loads((outcome.run_dir / "summary.json").read_text())
@@ -90,17 +93,16 @@ def test_a_bad_key_fails_before_anything_starts(link, tmp_path):
         )
 
 
-@pytest.mark.parametrize("strategy", ["lw-fedmml", "prog-fedmml"])
-def test_staged_strategies_complete_under_flwr_run(link, tmp_path, strategy):
-    """Two stages of one block each: the stage switch (and, for LW, the frozen blocks
-    sent to every node) goes through Ray's virtual clients."""
-    outcome = two_node_run(link, tmp_path, strategy=strategy, **{"stage-blocks": 1})
+def test_a_staged_strategy_completes_under_flwr_run(link, tmp_path):
+    """LW-FedMML, two stages of one block each: the stage switch and the frozen blocks
+    sent to every node go through Ray's virtual clients. Prog-FedMML runs the same server
+    (strategies/staged.py) and client code on another schedule (test_staged.py)."""
+    outcome = two_node_run(link, tmp_path, strategy="lw-fedmml", **{"stage-blocks": 1})
     assert outcome.status == "finished:completed", outcome
     history = json.loads((outcome.run_dir / "summary.json").read_text())["history"]
     assert [row["samples-trained"] for row in history] == [60, 60]
-    # LW's second stage sends one block instead of the head and a block; plus the frozen
-    # ones once. Prog's second stage sends both blocks and the head.
-    assert history[1]["mb-up-per-client"] != history[0]["mb-up-per-client"]
+    # The second stage sends one block instead of the head and a block.
+    assert history[1]["mb-up-per-client"] < history[0]["mb-up-per-client"]
 
 
 def test_a_virtual_client_that_kills_its_process_does_not_take_the_others_down(link, tmp_path):
