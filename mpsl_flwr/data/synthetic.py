@@ -12,6 +12,11 @@ Four tasks, one per modality pair, each built so that the answer needs *both* in
 ``synthetic-at`` (audio + text, 8 classes)
     One to three beeps of one of five notes; the question asks for the note or for the
     number of beeps.
+
+Audio follows the same rule as images: a beep pattern lies inside one audio patch's
+time span (``AUDIO_PATCH_FRAMES``), and the background noise's mean log-mel spectrum is
+subtracted from every fbank (:func:`_fbanks`), so the beeps are what the patch
+embeddings see.
 ``synthetic-retrieval`` (image + text pairs)
     Two coloured shapes in two quadrants and a caption describing both. The Dirichlet
     pseudo-label is the colour of the first object mentioned.
@@ -98,7 +103,11 @@ COUNT_QUESTIONS = (
 )
 # synthetic-va: the pitch of its question beeps (noise: it carries nothing).
 QUERY_PITCHES_HZ = (400.0, 2000.0)
-NOTE_PITCHES_HZ = tuple(float(f) for f in np.geomspace(260.0, 4200.0, len(NOTE_NAMES)))
+# Not octaves apart (ratio 1.7): a tone's second harmonic (0.3 of it, :func:`_tone`)
+# must not fall on the next note's fundamental, and the highest harmonic stays below the
+# 8 kHz Nyquist frequency. Octaves (260-4200 Hz) made notes k and k+1 share a spectral
+# line, and the top note's harmonic alias back to 7.6 kHz.
+NOTE_PITCHES_HZ = tuple(float(f) for f in np.geomspace(300.0, 2500.0, len(NOTE_NAMES)))
 VQA_CLASSES = tuple(COLORS) + SHAPES
 
 TASKS = BUILTIN
@@ -109,6 +118,15 @@ _DEFAULT_TEXT_LENGTH = {"synthetic-vqa": 16, "synthetic-at": 12, "synthetic-retr
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_IMAGE_NORM = "inception"  # 0.5/0.5, as the images are drawn, not photographed
 AUDIO_SECONDS = 0.48
+# The audio tokenizer's patch along time and its stride, in 10 ms fbank frames (AST's
+# 16x16 patches, stride 10): a beep pattern is drawn inside one patch's time span.
+AUDIO_PATCH_FRAMES = 16
+AUDIO_STRIDE_FRAMES = 10
+BEEP_RAMP_S = 0.005
+# synthetic-at: up to three 30 ms beeps 35 ms apart (160 ms, inside one patch's 175 ms).
+AT_BEEP_S, AT_GAP_S = 0.03, 0.035
+# synthetic-va: two 45 ms beeps 70 ms apart, or one beep as long as both and the gap.
+VA_BEEP_S, VA_GAP_S = 0.045, 0.07
 # Objects are drawn inside one patch of this size (the ViT tokenizers' patch), so that a
 # patch embedding sees a whole shape: the built-in task tests fusion, not vision at scale.
 OBJECT_PATCH = 16
@@ -214,7 +232,7 @@ def generate(spec: SyntheticSpec) -> TensorMultimodalDataset:
                 _beeps(rng, [float(f)] * (2 if s else 1), d)
                 for f, s in zip(pitches, asks_shape, strict=True)
             ]
-            arrays["audio"] = _fbanks(waves, info.audio_frames)
+            arrays["audio"] = _fbanks(waves, info.audio_frames, d)
     elif spec.task == "synthetic-at":
         # One to three beeps of one note; the question asks the note or the count.
         notes = rng.integers(0, len(NOTE_NAMES), size=n)
@@ -227,6 +245,7 @@ def generate(spec: SyntheticSpec) -> TensorMultimodalDataset:
                 for k, c in zip(notes, counts, strict=True)
             ],
             info.audio_frames,
+            d,
         )
         questions = [str(rng.choice(COUNT_QUESTIONS if a else NOTE_QUESTIONS)) for a in asks_count]
         arrays["text"] = _tokenize_checked(questions, info.text_length)
@@ -324,35 +343,83 @@ def _tone(rng: np.random.Generator, freq: float, seconds: float, difficulty: flo
     amp = rng.uniform(0.3, 0.8)
     wave = amp * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
     wave += 0.3 * amp * np.sin(4 * np.pi * freq * t)
-    ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.01)
+    ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / BEEP_RAMP_S)
     return wave * ramp
 
 
-def _beep_train(rng: np.random.Generator, freq: float, count: int, difficulty: float) -> np.ndarray:
-    """``count`` equal beeps of one pitch, evenly spaced, from a random start."""
+def _sound_event(
+    rng: np.random.Generator, freqs: list[float], beep_s: float, gap_s: float, difficulty: float
+) -> np.ndarray:
+    """``AUDIO_SECONDS`` of noise with one beep per entry of ``freqs`` (each ``beep_s``
+    long, ``gap_s`` apart), the whole pattern inside one audio patch's time span.
+
+    The audio tokenizer's patches are ``AUDIO_PATCH_FRAMES`` fbank frames wide and start
+    every ``AUDIO_STRIDE_FRAMES`` frames. The pattern is put in a random one of them,
+    centred, and shifted by up to ``difficulty`` of the room left in it, as an image
+    object is put in a patch (:func:`_render`): one patch embedding sees every beep and
+    gap, so that the count is the content of one patch, not a relation between patches.
+    """
     total = int(AUDIO_SECONDS * SAMPLE_RATE)
-    beep, gap = int(0.08 * SAMPLE_RATE), int(0.05 * SAMPLE_RATE)
+    hop, window = SAMPLE_RATE // 100, SAMPLE_RATE // 40  # kaldi's 10 ms shift, 25 ms frames
+    span = window + (AUDIO_PATCH_FRAMES - 1) * hop  # the samples one patch's frames cover
+    patches = (frames_for_seconds(AUDIO_SECONDS) - AUDIO_PATCH_FRAMES) // AUDIO_STRIDE_FRAMES + 1
+    beep, gap = int(beep_s * SAMPLE_RATE), int(gap_s * SAMPLE_RATE)
+    length = len(freqs) * beep + (len(freqs) - 1) * gap
+    room = span - length
+    assert room >= 0, (length, span)
+    patch = int(rng.integers(0, patches))
+    centred = patch * AUDIO_STRIDE_FRAMES * hop + room / 2
+    start = round(centred + rng.uniform(-1, 1) * difficulty * room / 2)
     wave = np.zeros(total)
-    start = int(rng.integers(0, total - 3 * beep - 2 * gap + 1))
-    for _ in range(count):
-        wave[start : start + beep] += _tone(rng, freq, beep / SAMPLE_RATE, difficulty)
+    for f in freqs:
+        wave[start : start + beep] += _tone(rng, f, beep / SAMPLE_RATE, difficulty)
         start += beep + gap
     return wave + rng.normal(0.0, 0.02 + 0.3 * difficulty, size=wave.shape)
 
 
+def _beep_train(rng: np.random.Generator, freq: float, count: int, difficulty: float) -> np.ndarray:
+    """``count`` equal short beeps of one pitch, evenly spaced, inside one audio patch."""
+    return _sound_event(rng, [freq] * count, AT_BEEP_S, AT_GAP_S, difficulty)
+
+
 def _beeps(rng: np.random.Generator, freqs: list[float], difficulty: float) -> np.ndarray:
-    """One or two beeps (with a gap) of the given pitches inside ``AUDIO_SECONDS``."""
+    """One long beep, or two short ones with a gap, inside one audio patch: both patterns
+    are equally long, so only the gap tells them apart."""
+    if len(freqs) == 1:
+        return _sound_event(rng, freqs, 2 * VA_BEEP_S + VA_GAP_S, 0.0, difficulty)
+    return _sound_event(rng, freqs, VA_BEEP_S, VA_GAP_S, difficulty)
+
+
+def _noise_floor(difficulty: float) -> torch.Tensor:
+    """``[128]``: the mean normalised fbank of the background noise alone, per mel bin.
+
+    White noise does not give a flat log-mel: it rises with frequency (wider mel bins,
+    pre-emphasis), and the lowest bins, narrower than an FFT bin, sit at kaldi's log
+    floor. Drawn from a fixed stream of its own (no split's samples change with it).
+    """
     total = int(AUDIO_SECONDS * SAMPLE_RATE)
-    wave = np.zeros(total)
-    beep = AUDIO_SECONDS / 4 if len(freqs) > 1 else AUDIO_SECONDS * 0.6
-    start = int(rng.uniform(0.0, 0.1) * SAMPLE_RATE)
-    for f in freqs:
-        tone = _tone(rng, f, beep, difficulty)
-        wave[start : start + len(tone)] += tone[: total - start]
-        start += len(tone) + int(AUDIO_SECONDS / 8 * SAMPLE_RATE)
-    return wave + rng.normal(0.0, 0.02 + 0.3 * difficulty, size=wave.shape)
+    noise = np.random.default_rng(0).normal(0.0, 0.02 + 0.3 * difficulty, size=(8, total))
+    frames = frames_for_seconds(AUDIO_SECONDS)
+    return torch.stack([fbank(w, frames) for w in noise]).mean(dim=(0, 1))
 
 
-def _fbanks(waves: list[np.ndarray], frames: int) -> torch.Tensor:
+def _fbanks(waves: list[np.ndarray], frames: int, difficulty: float) -> torch.Tensor:
+    """fbanks ``[n, frames, 128]`` with the background noise at 0 in every mel bin.
+
+    Each bin's noise floor (:func:`_noise_floor`) is subtracted, so that the background
+    is the normalisation's mean (0) everywhere and only the beeps stand out; frames past
+    the clip's end are 0 as well. Left in, the floor is the same in every sample, and the
+    audio tokenizer's convolution, which has no bias, turns it into a fixed part of every
+    patch embedding that drowned the beeps: a 4-block ViT-Ti trained from scratch never
+    read them (one beep or two, asked alone, stayed at chance for 3 epochs). With the
+    floor removed it learns that within one epoch; removing only each bin's shape, or
+    only one global mean (and std, as AST does per dataset), did not help.
+    """
     assert frames_for_seconds(AUDIO_SECONDS) >= 16
-    return torch.stack([fbank(w, frames) for w in waves]).to(torch.float16)
+    floor = _noise_floor(difficulty)
+    real = frames_for_seconds(AUDIO_SECONDS)
+    out = torch.zeros(len(waves), frames, floor.numel())
+    keep = min(real, frames)
+    for i, w in enumerate(waves):
+        out[i, :keep] = (fbank(w, real) - floor)[:keep]
+    return out.to(torch.float16)
