@@ -12,11 +12,6 @@ Four tasks, one per modality pair, each built so that the answer needs *both* in
 ``synthetic-at`` (audio + text, 8 classes)
     One to three beeps of one of five notes; the question asks for the note or for the
     number of beeps.
-
-Audio follows the same rule as images: a beep pattern lies inside one audio patch's
-time span (``AUDIO_PATCH_FRAMES``), and the background noise's mean log-mel spectrum is
-subtracted from every fbank (:func:`_fbanks`), so the beeps are what the patch
-embeddings see.
 ``synthetic-retrieval`` (image + text pairs)
     Two coloured shapes in two quadrants and a caption describing both. The Dirichlet
     pseudo-label is the colour of the first object mentioned.
@@ -30,6 +25,11 @@ trained from scratch for 6 epochs on 3000 samples never did (it answered the col
 either object at random and the shape at chance, 0.43-0.49 in all). An object that fits
 one patch, and a question that only selects which of its attributes to name, are
 learned within the same budget.
+
+Audio follows the same rule: a beep pattern lies inside one audio patch's time span
+(``AUDIO_PATCH_FRAMES``), and the background noise's mean log-mel spectrum is
+subtracted from every fbank (:func:`_fbanks`), so that the beeps are what the patch
+embeddings see.
 
 ``synthetic-difficulty`` in [0, 1] raises pixel and audio noise, colour and pitch
 jitter, object size variation and how far an object strays from its patch's centre.
