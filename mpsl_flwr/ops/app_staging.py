@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def _walk(app_dir: Path) -> Iterator[Path]:
     # A negated pattern can bring back a file below an ignored directory (Flower matches
     # file by file): then no directory can be skipped.
     prune = not any(p.startswith("!") for p in patterns)
-    ignored = build_pathspec(patterns)
+    with _quiet_pathspec():
+        ignored = build_pathspec(patterns)
     for dirpath, dirnames, filenames in os.walk(app_dir, followlinks=False):
         here = Path(dirpath).relative_to(app_dir)
         # A pattern that matches "<dir>/" ("build/", ".venv/**", "*.egg-info/") matches
@@ -51,7 +53,17 @@ def _walk(app_dir: Path) -> Iterator[Path]:
 def app_files(app_dir: Path) -> list[str]:
     """The files of ``app_dir`` that Flower's publish filter keeps, as POSIX paths."""
     found = {rel.as_posix(): app_dir / rel for rel in _walk(app_dir)}
-    return sorted(filter_paths_for_publish(found))
+    with _quiet_pathspec():
+        return sorted(filter_paths_for_publish(found))
+
+
+@contextlib.contextmanager
+def _quiet_pathspec() -> Iterator[None]:
+    """Flower builds its specs from "gitwildmatch" patterns, which pathspec 1.x
+    deprecates; the warning is Flower's to fix and would print on every run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "GitWildMatchPattern", DeprecationWarning)
+        yield
 
 
 @contextlib.contextmanager
