@@ -70,3 +70,11 @@ def test_chance_is_uniform_guessing_for_classification():
     assert task_of(info).chance(info.num_classes) == pytest.approx(0.1)
     retrieval = dataset_info(RunConfig(dataset="synthetic-retrieval").data)
     assert task_of(retrieval).chance(retrieval.num_classes) is None
+
+
+def test_one_seed_is_labelled_as_one_seed_without_a_band(drawn):
+    curves = {"mpsl": {"metric": "test-accuracy", "curves": [[0.2, 0.4]], "chance": 0.1}}
+    plot_curves(curves, Path("unused.png"), "cmp")
+    ax = drawn[0].axes[0]
+    assert labels(ax) == ["mpsl (1 seed)", "chance (0.100)"]
+    assert not ax.collections  # no ± std band to misread

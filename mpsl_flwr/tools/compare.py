@@ -190,8 +190,10 @@ def plot_curves(curves: dict[str, dict[str, Any]], path: Path, title: str) -> No
         x = np.arange(1, length + 1)
         mean, std = values.mean(0), values.std(0)
         seeds = len(values)
-        ax.plot(x, mean, marker="o", label=f"{strategy} (mean ± std, {seeds} seeds)")
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        band = f"mean ± std, {seeds} seeds" if seeds > 1 else "1 seed"
+        ax.plot(x, mean, marker="o", label=f"{strategy} ({band})")
+        if seeds > 1:
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     draw_chance(ax, chance)
     epoch_axis(ax, "epoch / round")
     ax.set_ylabel(metric)
@@ -217,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
     records = run_all(strategies, seeds, args.nodes, overrides, out, args.timeout)
     rows, curves = summarise(records, overrides, args.nodes)
     table = write_table(rows, out)
-    seed_list = ",".join(map(str, seeds))
-    title = f"{base.dataset}, {args.nodes} clients, alpha={base.dirichlet_alpha}, seeds {seed_list}"
+    seed_list = f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ",".join(map(str, seeds))
+    title = f"{base.dataset}, {args.nodes} clients, alpha={base.dirichlet_alpha}, {seed_list}"
     if curves:
         plot_curves(curves, out / "curves.png", title)
     (out / "comparison.json").write_text(
