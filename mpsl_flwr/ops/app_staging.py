@@ -8,9 +8,8 @@ run of ``mpsl-paper-claims`` and every end-to-end test paid it.
 
 :func:`staged_app` copies the app into a temporary directory without entering the
 directories that the app's root ``.gitignore`` or Flower's own exclude rules leave out.
-Flower then applies all of its rules to the
-copy, so the FAB it builds is the one it builds from the original, byte for byte
-(``tests/test_app_staging.py``).
+Flower then applies all of its rules to the copy, so the FAB it builds is the one it
+builds from the original, byte for byte (``tests/test_app_staging.py``).
 """
 
 from __future__ import annotations
